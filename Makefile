@@ -1,0 +1,56 @@
+# songrec: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ROWS ?=
+CONF ?= conf/local.yaml
+SET ?=
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.PHONY: install check-system test lint run bench-preprocess bench-train bench-knn test-slow clean
+
+install: $(STAMP)
+
+check-system:
+	@command -v java >/dev/null 2>&1 || { echo "ERROR: Java 17+ is required by Spark 4 but 'java' is not on PATH (Debian: apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	  if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then echo "ERROR: Java 17+ is required by Spark 4, found: $$(java -version 2>&1 | head -1)"; exit 1; fi
+	@command -v g++ >/dev/null 2>&1 || { echo "ERROR: g++ is required to build hnswlib but is not on PATH (Debian: apt-get install g++)"; exit 1; }
+	@command -v python3.11 >/dev/null 2>&1 || python3 -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null || { echo "ERROR: Python 3.11 is required (python3.11 not found)"; exit 1; }
+
+$(STAMP): requirements.txt setup.py | check-system
+	@test -x $(PY) || { command -v python3.11 >/dev/null 2>&1 && python3.11 -m venv $(VENV) || python3 -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check --diff lib jobs tests bench
+
+test: install lint
+	$(VENV)/bin/pytest -m "not slow and not cluster"
+
+test-slow: install
+	$(VENV)/bin/pytest -m "slow"
+
+# The main job on the embedded default: generate a stand-in dataset, then run every stage.
+run: install
+	./spark-submit.sh --conf-file $(CONF) $(if $(ROWS),--set generate.rows=$(ROWS)) $(SET) generate
+	./spark-submit.sh --conf-file $(CONF) $(SET) preprocess
+
+bench-preprocess: install
+	$(PY) bench/preprocess.py $(if $(ROWS),--rows $(ROWS))
+
+bench-train: install
+	$(PY) bench/train.py
+
+bench-knn: install
+	$(PY) bench/knn.py
+
+clean:
+	rm -rf data/run data/test build dist lib/*.egg-info .pytest_cache .ruff_cache

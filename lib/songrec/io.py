@@ -1,0 +1,139 @@
+"""Reading and writing at the edges: staging, atomic commit of tables, small JSON files.
+
+Every table is written to ``root/_staging/<name>-<uuid>`` and only then committed in one step, so
+that a failed or killed run never leaves a half-written table where a consumer reads.
+
+On a local filesystem the table path (``root/neighbors``) is a symbolic link to a versioned
+directory (``root/.neighbors.v<ns>``); commit replaces the link with ``os.replace``, which POSIX
+makes atomic, so a reader sees the old table or the new one and never a mixture. The previous
+version is kept (a reader may still be listing it); older ones are deleted. On HDFS / S3 the table
+is swapped by two renames through Hadoop's FileSystem API (a brief window where the path is absent,
+never a partial table).
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from songrec.config import local_path
+
+log = logging.getLogger(__name__)
+
+KEEP_VERSIONS = 2  # the committed version and the one before it
+
+
+def is_local(uri: str) -> bool:
+    """True for ``file://`` URIs and plain paths."""
+    return uri.startswith("file://") or "://" not in uri
+
+
+def staging_uri(root_uri: str, name: str) -> str:
+    """A fresh staging location for table ``name`` under the run root."""
+    return f"{root_uri.rstrip('/')}/_staging/{name}-{uuid.uuid4().hex[:12]}"
+
+
+def _hadoop_fs(spark: Any, uri: str) -> tuple[Any, Any]:
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark._jsc.hadoopConfiguration()), path
+
+
+def exists(uri: str, spark: Any = None) -> bool:
+    """Whether a file or table exists at ``uri``."""
+    if is_local(uri):
+        return local_path(uri).exists()
+    fs, path = _hadoop_fs(spark, uri)
+    return bool(fs.exists(path))
+
+
+def commit(staging: str, final: str, spark: Any = None) -> None:
+    """Move the complete table at ``staging`` to ``final`` atomically (see module docstring)."""
+    if is_local(final):
+        _commit_local(local_path(staging), local_path(final))
+    else:
+        _commit_hadoop(spark, staging, final)
+    log.info("committed %s", final)
+
+
+def _commit_local(staging: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    version = final.parent / f".{final.name}.v{time.time_ns()}"
+    os.replace(staging, version)
+    if final.exists() and not final.is_symlink():
+        # A plain directory from elsewhere (first commit over a hand-made copy): move it aside first.
+        os.replace(final, final.parent / f".{final.name}.v0")
+    link = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(version.name, link)
+    os.replace(link, final)
+    versions = sorted(final.parent.glob(f".{final.name}.v*"), key=lambda p: int(p.name.rsplit(".v", 1)[1]))
+    for old in versions[:-KEEP_VERSIONS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _commit_hadoop(spark: Any, staging: str, final: str) -> None:
+    fs, final_path = _hadoop_fs(spark, final)
+    _, staging_path = _hadoop_fs(spark, staging)
+    jvm = spark._jvm
+    fs.mkdirs(final_path.getParent())
+    old = None
+    if fs.exists(final_path):
+        old = jvm.org.apache.hadoop.fs.Path(f"{final}.old-{time.time_ns()}")
+        if not fs.rename(final_path, old):
+            raise OSError(f"could not move {final} aside to commit the new table")
+    if not fs.rename(staging_path, final_path):
+        if old is not None:
+            fs.rename(old, final_path)
+        raise OSError(f"could not rename {staging} to {final}")
+    if old is not None:
+        fs.delete(old, True)
+
+
+def discard(staging: str, spark: Any = None) -> None:
+    """Remove a staging location after a failure (best effort)."""
+    try:
+        if is_local(staging):
+            shutil.rmtree(local_path(staging), ignore_errors=True)
+        else:
+            fs, path = _hadoop_fs(spark, staging)
+            fs.delete(path, True)
+    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
+        log.warning("could not remove staging %s: %s", staging, exc)
+
+
+def write_json(uri: str, obj: Any, spark: Any = None) -> None:
+    """Write ``obj`` as pretty JSON, atomically (temp file then rename)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str)
+    if is_local(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    fs, path = _hadoop_fs(spark, uri)
+    out = fs.create(path, True)
+    try:
+        out.write(bytearray(text.encode()))
+    finally:
+        out.close()
+
+
+def read_json(uri: str, spark: Any = None) -> Any:
+    """Read a JSON file written by :func:`write_json`."""
+    if is_local(uri):
+        return json.loads(local_path(uri).read_text())
+    fs, path = _hadoop_fs(spark, uri)
+    stream = fs.open(path)
+    try:
+        reader = spark._jvm.java.io.BufferedReader(spark._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        lines = []
+        while (line := reader.readLine()) is not None:
+            lines.append(line)
+        return json.loads("\n".join(lines))
+    finally:
+        stream.close()

@@ -1,0 +1,89 @@
+"""SparkSession creation, logging set-up and the common shape of a job's ``main``."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pyspark.sql import SparkSession
+
+from songrec.config import Config, ConfigError, add_config_args, config_from_args, log_effective
+from songrec.errors import SongrecError
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One log format for every job: time, level, module, message."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("py4j", "petastorm", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_spark(cfg: Config, stage: str) -> tuple[SparkSession, bool]:
+    """Return ``(session, created)``: the active SparkSession, or a new one for ``stage``.
+
+    Under spark-submit the master and resources come from the submit options (spark-submit.sh);
+    a session already running (tests, the pipeline job) is reused as it is and not stopped by us.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active, False
+    builder = SparkSession.builder.appName(f"{cfg.spark.app_name}-{stage}")
+    # Correctness, not tuning: parsing relies on try_cast under ANSI mode; keep it on explicitly.
+    builder = builder.config("spark.sql.ansi.enabled", "true")
+    builder = builder.config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+    for key, value in cfg.spark.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    log.info(
+        "Spark %s, master %s, default parallelism %d",
+        spark.version, spark.sparkContext.master, spark.sparkContext.defaultParallelism,
+    )  # fmt: skip
+    return spark, True
+
+
+def job_main(
+    argv: list[str] | None,
+    stage: str,
+    doc: str | None,
+    run: Callable[[SparkSession, Config, argparse.Namespace], object],
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """Parse arguments, load the config, build the session, call ``run``, stop the session.
+
+    Returns the process exit status: 0 done, 1 a user-fixable failure (one clear line, no
+    traceback), 2 bad usage or config.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"spark-submit.sh {stage}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_args(parser)
+    if add_args is not None:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        log.error("config error: %s", exc)
+        return 2
+    setup_logging(cfg.log_level)
+    log_effective(cfg)
+    spark, created = get_spark(cfg, stage)
+    try:
+        run(spark, cfg, args)
+        return 0
+    except SongrecError as exc:
+        log.error("%s failed: %s", stage, exc)
+        return 1
+    finally:
+        if created:
+            spark.stop()
