@@ -1,0 +1,59 @@
+"""Atomic commit: readers see the old table or the new one, never a partial one."""
+
+import os
+
+from songrec import io
+
+
+def _table(path, marker: str) -> None:
+    path.mkdir(parents=True)
+    (path / "part-0.txt").write_text(marker)
+
+
+def test_commit_replaces_and_keeps_previous_version(tmp_path):
+    final = tmp_path / "run" / "neighbors"
+    for marker in ["v1", "v2", "v3"]:
+        staging = tmp_path / "run" / "_staging" / marker
+        _table(staging, marker)
+        io.commit(staging.as_uri(), final.as_uri())
+        assert (final / "part-0.txt").read_text() == marker
+        assert not staging.exists()
+    versions = sorted(p.name for p in final.parent.glob(".neighbors.v*"))
+    assert len(versions) == io.KEEP_VERSIONS  # older versions are cleaned up
+    assert final.is_symlink()
+
+
+def test_commit_over_plain_directory(tmp_path):
+    final = tmp_path / "songs"
+    _table(final, "handmade")
+    staging = tmp_path / "_staging" / "x"
+    _table(staging, "new")
+    io.commit(str(staging), str(final))
+    assert (final / "part-0.txt").read_text() == "new"
+
+
+def test_reader_holding_old_version_keeps_reading(tmp_path):
+    final = tmp_path / "t"
+    _table(tmp_path / "s1", "old")
+    io.commit(str(tmp_path / "s1"), str(final))
+    with open(final / "part-0.txt") as held:  # a consumer mid-read
+        _table(tmp_path / "s2", "new")
+        io.commit(str(tmp_path / "s2"), str(final))
+        assert held.read() == "old"
+    assert (final / "part-0.txt").read_text() == "new"
+
+
+def test_json_round_trip_is_atomic(tmp_path):
+    target = tmp_path / "meta" / "counts.json"
+    io.write_json(str(target), {"read": 3})
+    assert io.read_json(target.as_uri()) == {"read": 3}
+    assert [p.name for p in target.parent.iterdir()] == ["counts.json"]  # no temp file left behind
+    assert io.exists(str(target)) and not io.exists(str(tmp_path / "nope"))
+
+
+def test_discard_removes_staging(tmp_path):
+    staging = tmp_path / "_staging" / "x"
+    _table(staging, "partial")
+    io.discard(staging.as_uri())
+    assert not staging.exists()
+    assert os.listdir(tmp_path / "_staging") == []
