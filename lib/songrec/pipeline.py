@@ -1,0 +1,142 @@
+"""Run the stages in order in one Spark application, skipping those whose inputs have not changed.
+
+A stage's fingerprint is a hash of (its config sections, the versions of the tables it reads). Table
+versions come for free from the atomic commit: a committed local table is a link to
+``.name.v<ns>``, so a new commit is a new version. The raw input's version is its files' sizes and
+modification times. After a stage succeeds its fingerprint is saved in ``root/_state/<stage>.json``;
+the next run skips the stage when the fingerprint is the same and its outputs still exist.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from songrec import io
+from songrec.config import Config, local_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: what it reads, what it writes, which config sections steer it."""
+
+    name: str
+    reads: tuple[str, ...]  # table names under root, or "input" for the raw CSV
+    writes: tuple[str, ...]
+    sections: tuple[str, ...]
+
+
+STAGES: list[Stage] = [
+    Stage("preprocess", ("input",), ("songs", "features", "rejects", "meta"), ("preprocess",)),
+    Stage("train", ("features", "meta"), ("model",), ("train",)),
+    Stage("embed", ("features", "model"), ("embeddings",), ("embed",)),
+    Stage("knn", ("embeddings",), ("neighbors",), ("knn",)),
+    Stage("evaluate", ("neighbors", "embeddings", "songs", "features", "input"), ("report",), ("evaluate",)),
+    Stage("report", ("report", "model", "neighbors", "songs", "embeddings"), (), ()),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def _runner(name: str) -> Callable[[Any, Config], dict]:
+    """The library function of a stage (imported lazily: each pulls in heavy dependencies)."""
+    if name == "preprocess":
+        from songrec.preprocess import preprocess
+
+        return preprocess
+    if name == "train":
+        from songrec.train import run_training
+
+        return run_training
+    if name == "embed":
+        from songrec.embed import embed
+
+        return embed
+    if name == "knn":
+        from songrec.knn import build_neighbors
+
+        return build_neighbors
+    if name == "evaluate":
+        from songrec.evaluate import evaluate
+
+        return evaluate
+    if name == "report":
+        from songrec.report import build_report
+
+        return build_report
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def table_version(cfg: Config, name: str, spark: Any = None) -> str:
+    """A string that changes whenever the table (or raw input) is rewritten."""
+    uri = cfg.input_uri if name == "input" else cfg.path(name)
+    if io.is_local(uri):
+        path = local_path(uri)
+        if not path.exists():
+            return "absent"
+        if path.is_symlink():
+            return os.readlink(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    fs, hpath = io._hadoop_fs(spark, uri)  # noqa: SLF001 - same package
+    if not fs.exists(hpath):
+        return "absent"
+    summary = fs.getContentSummary(hpath)
+    return f"{summary.getLength()}:{summary.getFileCount()}:{fs.getFileStatus(hpath).getModificationTime()}"
+
+
+def fingerprint(cfg: Config, stage: Stage, spark: Any = None) -> str:
+    """Hash of the stage's config sections and the versions of what it reads."""
+    parts = {
+        "config": {s: asdict(getattr(cfg, s)) for s in stage.sections},
+        "reads": {r: table_version(cfg, r, spark) for r in stage.reads},
+        "train_world": cfg.train.num_processes if stage.name == "preprocess" else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def select(start: str | None, stop: str | None) -> list[Stage]:
+    """Stages from ``start`` to ``stop`` inclusive."""
+    for name in (start, stop):
+        if name is not None and name not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    lo = STAGE_NAMES.index(start) if start else 0
+    hi = STAGE_NAMES.index(stop) if stop else len(STAGES) - 1
+    if lo > hi:
+        raise ValueError(f"--from {start} comes after --to {stop}")
+    return STAGES[lo : hi + 1]
+
+
+def run_pipeline(
+    spark: Any, cfg: Config, start: str | None = None, stop: str | None = None, force: bool = False
+) -> dict:
+    """Run the selected stages; returns per-stage status, seconds and summaries."""
+    state_dir = cfg.path("_state")
+    timings: dict[str, dict] = {}
+    previous = cfg.path("_state", "pipeline.json")
+    if io.exists(previous, spark):
+        timings = io.read_json(previous, spark).get("stages", {})
+    for stage in select(start, stop):
+        fp = fingerprint(cfg, stage, spark)
+        state_uri = f"{state_dir}/{stage.name}.json"
+        outputs_present = all(io.exists(cfg.path(w), spark) for w in stage.writes)
+        if not force and outputs_present and io.exists(state_uri, spark):
+            if io.read_json(state_uri, spark).get("fingerprint") == fp:
+                log.info("stage %s: inputs and config unchanged since its last successful run, skipped", stage.name)
+                timings.setdefault(stage.name, {})["status"] = "skipped (unchanged)"
+                continue
+        log.info("stage %s: running", stage.name)
+        started = time.perf_counter()
+        summary = _runner(stage.name)(spark, cfg) or {}
+        seconds = round(time.perf_counter() - started, 2)
+        log.info("stage %s: done in %.1f s", stage.name, seconds)
+        timings[stage.name] = {"status": "ran", "seconds": seconds, "summary": summary}
+        # The fingerprint is taken again after the run: the stage may itself have rewritten what it reads.
+        io.write_json(state_uri, {"fingerprint": fingerprint(cfg, stage, spark), "seconds": seconds}, spark)
+        io.write_json(previous, {"stages": timings}, spark)
+    return timings
