@@ -79,3 +79,23 @@ def trained(spark, preprocessed: Config) -> Config:
 
     run_training(spark, preprocessed)
     return preprocessed
+
+
+def copy_run(cfg: Config, dest: Path, *overrides: str) -> Config:
+    """Copy a run root (keeping the relative links of committed tables) and return a config for it."""
+    import shutil
+
+    from songrec.config import local_path
+
+    shutil.copytree(local_path(cfg.path()), dest / "run", symlinks=True)
+    return load_config(ROOT / "conf" / "test.yaml", [f"input={cfg.input}", f"root={dest / 'run'}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def finished(spark, trained: Config, tmp_path_factory) -> Config:
+    """A complete small run: ``trained`` copied, then embed -> knn -> evaluate -> report; shared, read-only."""
+    from songrec.pipeline import run_pipeline
+
+    cfg = copy_run(trained, tmp_path_factory.mktemp("finished"))
+    run_pipeline(spark, cfg, start="embed")
+    return cfg

@@ -80,7 +80,10 @@ def table_version(cfg: Config, name: str, spark: Any = None) -> str:
         if not path.exists():
             return "absent"
         if path.is_symlink():
-            return os.readlink(path)
+            # The committed version, plus the newest top-level file: small files such as
+            # neighbors/_manifest.json and report/metrics.json are updated in place by later stages.
+            newest = max((p.stat().st_mtime_ns for p in path.iterdir()), default=0)
+            return f"{os.readlink(path)}@{newest}"
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     fs, hpath = io._hadoop_fs(spark, uri)  # noqa: SLF001 - same package

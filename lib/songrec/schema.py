@@ -130,3 +130,9 @@ NEIGHBORS = T.StructType([
     T.StructField("score", T.FloatType(), False),  # cosine similarity
     T.StructField("bucket", T.IntegerType(), False),  # pmod(song_id, knn.buckets): the file it lives in
 ])  # fmt: skip
+
+
+def markdown_table(struct: T.StructType) -> str:
+    """The README's rendering of a schema (tests/test_readme.py checks the README against it)."""
+    rows = [f"| `{f.name}` | {f.dataType.simpleString()} | {'yes' if f.nullable else 'no'} |" for f in struct.fields]
+    return "\n".join(["| column | type | nullable |", "|---|---|---|", *rows])

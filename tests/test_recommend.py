@@ -1,0 +1,118 @@
+"""`songrec recommend` against a finished small run: lookups, ambiguity, suggestions, --like, exit codes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from songrec.cli import main
+from songrec.config import local_path
+
+
+@pytest.fixture(scope="module")
+def run_dir(finished):
+    return str(local_path(finished.path()))
+
+
+@pytest.fixture(scope="module")
+def songs(run_dir):
+    con = duckdb.connect()
+    return con.execute(f"SELECT song_id, artist, title FROM read_parquet('{run_dir}/songs/*.parquet')").fetchall()
+
+
+def _unique_title(songs):
+    counts = {}
+    for _, _, title in songs:
+        counts[title.lower()] = counts.get(title.lower(), 0) + 1
+    return next(row for row in songs if counts[row[2].lower()] == 1)
+
+
+def test_by_title_prints_ranked_table(run_dir, songs, capsys):
+    song_id, artist, title = _unique_title(songs)
+    assert main(["recommend", title, "--run", run_dir, "-k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"songs like {title!r} by {artist}" in out
+    lines = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert [int(line.split()[0]) for line in lines] == [1, 2, 3, 4, 5]
+
+
+def test_by_id_json_matches_the_table(run_dir, songs, capsys):
+    song_id = songs[0][0]
+    assert main(["recommend", "--id", str(song_id), "--run", run_dir, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    con = duckdb.connect()
+    expected = con.execute(
+        f"SELECT neighbor_id, score FROM read_parquet('{run_dir}/neighbors/*/*.parquet', hive_partitioning=true) "
+        "WHERE song_id = ? AND rank <= 10 ORDER BY rank",
+        [song_id],
+    ).fetchall()
+    assert [r["song_id"] for r in rows] == [e[0] for e in expected]
+    assert [r["score"] for r in rows] == pytest.approx([e[1] for e in expected])
+    assert song_id not in [r["song_id"] for r in rows]
+
+
+def test_csv_format(run_dir, songs, capsys):
+    assert main(["recommend", "--id", str(songs[1][0]), "--run", run_dir, "--format", "csv", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "rank,artist,title,genre,emotion,score,song_id" and len(lines) == 4
+
+
+def test_ambiguous_title_lists_candidates(run_dir, songs, tmp_path, capsys):
+    by_title = {}
+    for row in songs:
+        by_title.setdefault(row[2].lower(), []).append(row)
+    dup = next((rows for rows in by_title.values() if len(rows) > 1), None)
+    if dup is None:
+        pytest.skip("the small generated catalogue has no repeated title")
+    assert main(["recommend", dup[0][2], "--run", run_dir]) == 2
+    err = capsys.readouterr().err
+    assert "--artist" in err and all(f"--id {r[0]}" in err for r in dup[:20])
+    # --artist resolves it
+    assert main(["recommend", dup[0][2], "--artist", dup[0][1], "--run", run_dir, "-k", "2"]) == 0
+
+
+def test_not_found_suggests_close_titles(run_dir, songs, capsys):
+    _, _, title = _unique_title(songs)
+    typo = title[:-1] + ("x" if title[-1] != "x" else "y")
+    assert main(["recommend", typo, "--run", run_dir]) == 1
+    err = capsys.readouterr().err
+    assert "not found" in err and "closest titles:" in err and title in err
+
+
+def test_like_profile(run_dir, capsys):
+    code = main(["recommend", "--like", "energy=80,danceability=70,tempo=120,emotion=joy", "--run", run_dir, "-k", "4"])
+    assert code == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]) == 4
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("energy=180", "out of range"),
+        ("colour=red", "valid:"),
+        ("emotion=smug", "unknown emotion"),
+        ("tempo", "name=value"),
+    ],
+)
+def test_like_errors_name_the_problem(run_dir, spec, message, capsys):
+    assert main(["recommend", "--like", spec, "--run", run_dir]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_run_and_usage_errors(tmp_path, capsys):
+    assert main(["recommend", "x", "--run", str(tmp_path / "nope")]) == 1
+    assert "finished songrec run" in capsys.readouterr().err
+    assert main(["recommend", "--run", str(tmp_path)]) == 2
+
+
+def test_console_script_is_installed_and_fast(run_dir, songs):
+    songrec = Path(sys.executable).parent / "songrec"  # the venv's console script
+    assert songrec.is_file(), "the songrec console script is not installed (pip install -e .)"
+    out = subprocess.run(
+        [str(songrec), "recommend", "--id", str(songs[2][0]), "--run", run_dir], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert " s from " in out.stderr
