@@ -1,0 +1,216 @@
+"""Training throughput: one epoch fed by Petastorm vs the same epoch from tensors already in memory.
+
+    .venv/bin/python bench/train.py [--root data/bench/run] [--ranks 1,2] [--set train.batch_size=4096 ...]
+
+Reads ``ROOT/features`` and ``ROOT/meta`` (default: the full-size run under data/bench/run). For
+each rank count, DDP ranks (gloo on CPU, NCCL on GPU) train the same model as ``songrec.train``
+with the same batch size and cores: first an untimed in-memory warm-up epoch, then one epoch fed by
+Petastorm (make_batch_reader + BatchedDataLoader with the shuffling buffer) and one epoch over the
+same shard held as tensors (the data-loading ceiling), interleaved ``--repeats`` times, best kept.
+The ratio Petastorm / in-memory is the figure of merit (target >= 0.8). No Spark is needed: it
+runs on a GPU box with torch only.
+"""
+
+import argparse
+import json
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from songrec.config import DEFAULT_CONF, load_config, to_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PeakRss:
+    """Polls the resident memory of this process tree (ranks included); keeps the peak of the sum."""
+
+    def __init__(self, interval: float = 0.2):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
+
+    def _poll(self, interval: float) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _step(ctx: dict, batch: dict) -> None:
+    from songrec.model import autoencoder_loss
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+        loss, _ = autoencoder_loss(ctx["model"], batch, ctx["weights"])
+    ctx["optimizer"].zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ctx["model"].parameters(), ctx["train"]["grad_clip"])
+    ctx["optimizer"].step()
+    ctx["scheduler"].step()
+
+
+def _memory_epoch(ctx: dict, data: dict) -> tuple[int, float]:
+    rows = len(data["numeric"])
+    batch_size = ctx["train"]["batch_size"]
+    t0 = time.perf_counter()
+    order = torch.randperm(rows)
+    with ctx["model"].join(divide_by_initial_world_size=False):
+        for start in range(0, rows, batch_size):
+            idx = order[start : start + batch_size]
+            _step(ctx, {k: v[idx].to(ctx["device"], non_blocking=True) for k, v in data.items()})
+    if ctx["amp"]:
+        torch.cuda.synchronize()
+    return rows, time.perf_counter() - t0
+
+
+def _petastorm_epoch(ctx: dict, epoch: int) -> tuple[int, float]:
+    from songrec.feed import open_loader, to_device
+
+    train, rows = ctx["train"], 0
+    t0 = time.perf_counter()
+    with ctx["model"].join(divide_by_initial_world_size=False), open_loader(
+        ctx["features_uri"], "train", ctx["rank"], ctx["world"], train["batch_size"],
+        shuffle_buffer=train["shuffle_buffer"], seed=epoch, workers=train["reader_workers"],
+    ) as loader:  # fmt: skip
+        for batch in loader:
+            rows += len(batch["numeric"])
+            _step(ctx, to_device(batch, ctx["device"]))
+    if ctx["amp"]:
+        torch.cuda.synchronize()
+    return rows, time.perf_counter() - t0
+
+
+def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
+    from songrec.feed import read_split
+    from songrec.model import LossWeights
+    from songrec.train_loop import _build
+    from songrec.train_worker import _setup_rank_logging
+
+    _setup_rank_logging(rank)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    amp = spec["use_gpu"]
+    dist.init_process_group("nccl" if amp else "gloo", rank=rank, world_size=world)
+    device = torch.device("cuda", rank) if amp else torch.device("cpu")
+    if amp:
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, spec["cores"] // world))
+    torch.manual_seed(0)
+    ctx = _build(spec, device)
+    ctx.update(train=spec["train"], device=device, amp=amp, rank=rank, world=world,
+               features_uri=spec["features_uri"], weights=LossWeights.from_train(spec["train"]))  # fmt: skip
+    t0 = time.perf_counter()
+    data = {k: torch.from_numpy(v) for k, v in read_split(spec["features_uri"], "train", rank, world).items()}
+    data.pop("song_id")
+    load_s = time.perf_counter() - t0
+    _memory_epoch(ctx, data)  # warm-up: allocator, thread pools, first-touch of the weights
+    figures: dict = {}
+    # Interleaved repeats, best of each: on a shared machine a burst of load hits one epoch, not one feed.
+    for repeat in range(spec["repeats"]):
+        for name, run in (
+            ("petastorm", lambda r=repeat: _petastorm_epoch(ctx, r)),
+            ("in-memory", lambda: _memory_epoch(ctx, data)),
+        ):
+            dist.barrier()
+            rows, seconds = run()
+            total_rows = torch.tensor([rows], dtype=torch.float64)
+            dist.all_reduce(total_rows)
+            slowest = torch.tensor([seconds], dtype=torch.float64)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            best = figures.get(name, {"seconds": float("inf")})["seconds"]
+            figures[name] = {"rows": int(total_rows[0]), "seconds": min(best, float(slowest[0]))}
+    if rank == 0:
+        figures["load_s"] = load_s
+        results[world] = figures
+    dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_root = ROOT / "data" / "bench" / "run"
+    parser.add_argument("--root", default=str(default_root) if default_root.exists() else None,
+                        help="run root holding features/ and meta/ (default: data/bench/run)")  # fmt: skip
+    parser.add_argument("--ranks", default="1,2", help="comma-separated rank counts to compare")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved timed epochs per feed (best is kept)")
+    parser.add_argument("--conf-file", default=str(DEFAULT_CONF))
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    if not args.root:
+        parser.error(f"{default_root} does not exist: pass --root RUN_ROOT (a run with features/ and meta/)")
+    cfg = load_config(args.conf_file, [f"root={args.root}", *args.overrides])
+    meta = json.loads((Path(args.root) / "meta" / "features.json").read_text())
+    use_gpu = torch.cuda.is_available()
+    cores = len(os.sched_getaffinity(0))
+    spec = {"train": cfg.to_dict()["train"], "features_meta": meta, "features_uri": to_uri(cfg.path("features")),
+            "use_gpu": use_gpu, "cores": cores, "repeats": args.repeats}  # fmt: skip
+    ranks = [int(r) for r in args.ranks.split(",")]
+    if use_gpu:
+        ranks = [r for r in ranks if r <= torch.cuda.device_count()]
+    print(f"features: {cfg.path('features')}  rows: {meta['rows']}  row groups: {meta.get('row_groups')}")
+    print(f"device: {torch.cuda.get_device_name(0) if use_gpu else f'CPU, {cores} cores'}; "
+          f"batch {cfg.train.batch_size}, shuffle buffer {cfg.train.shuffle_buffer}, "
+          f"reader threads/rank {cfg.train.reader_workers}")  # fmt: skip
+    if not use_gpu:
+        print("CUDA is not available on this machine: GPU throughput was NOT measured.")
+    results = mp.Manager().dict()
+    with PeakRss() as rss:
+        for world in ranks:
+            mp.spawn(_rank, args=(world, _free_port(), spec, results), nprocs=world, join=True)
+    print()
+    print(
+        f"{'ranks':>5} {'feed':<10} {'rows':>9} {'epoch s':>8} {'rows/s':>10} {'vs in-memory':>13} {'shard load s':>12}"
+    )
+    base = {}
+    for world in ranks:
+        fig = results[world]
+        ceiling = fig["in-memory"]["rows"] / fig["in-memory"]["seconds"]
+        base.setdefault("one", ceiling)
+        for name in ("petastorm", "in-memory"):
+            rate = fig[name]["rows"] / fig[name]["seconds"]
+            print(f"{world:>5} {name:<10} {fig[name]['rows']:>9} {fig[name]['seconds']:>8.2f} {rate:>10.0f} "
+                  f"{rate / ceiling:>13.2f} {fig['load_s'] if name == 'in-memory' else 0:>12.2f}")  # fmt: skip
+    if len(ranks) > 1:
+        first, last = results[ranks[0]], results[ranks[-1]]
+        for name in ("petastorm", "in-memory"):
+            speed = (last[name]["rows"] / last[name]["seconds"]) / (first[name]["rows"] / first[name]["seconds"])
+            print(f"{name}: {ranks[-1]} ranks vs {ranks[0]}: x{speed:.2f} rows/s")
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(
+        f"peak RSS: process tree {rss.peak / 2**20:.0f} MiB (sum of bench + ranks, polled); "
+        f"largest rank {child_kb / 1024:.0f} MiB; bench process {self_kb / 1024:.0f} MiB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

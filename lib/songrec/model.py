@@ -1,0 +1,375 @@
+"""The song autoencoder: encoder to a latent "style" vector, decoder back to the inputs, and its loss.
+
+Inputs (the ``features/`` columns): ``numeric`` (standardised audio features and flags), ``genres``
+(multi-hot over the genre vocabulary), ``lyrics`` (hashed bag of words, L2-normalised), and three
+ids embedded by learned tables, index 0 = unknown: primary artist (``artist_dim``), primary genre
+(``genre_dim``) and emotion (``emotion_dim``). The encoder is an MLP (ReLU, dropout) to
+``latent_dim``; songs are compared by the cosine of their latent vectors (``encode_batch``
+L2-normalises), so the decoder sees only the latent's direction (``normalize(z) * sqrt(d)``): what
+the decoder can use is exactly what the nearest-neighbour search compares.
+
+Loss (weights ``train.loss_*``), every target a fixed piece of data, never the output of a
+learned layer, so no term can be met by collapsing an embedding table:
+
+- numeric: MSE on the standardised values;
+- genre: binary cross-entropy with logits over the multi-hot, summed over tokens;
+- emotion: cross-entropy over the emotion vocabulary (unknown = 0 ignored);
+- lyrics: ``1 - cosine`` to the hashed lyrics vector, on songs that have lyrics;
+- artist: a sampled softmax that predicts the song's artist id from the latent, scored against the
+  *same* artist table the encoder reads (tied weights): the true artist's row is the positive, and
+  ``artist_negatives`` uniformly sampled artist rows (shared by the batch, accidental hits masked)
+  are the negatives. If the table collapsed, every logit would be equal and the term would sit at
+  ``log(1 + negatives)``, its maximum, so the artist rows are pushed apart and toward the content
+  of their songs. Uniform sampling needs no log-Q correction (the proposal is constant), and the
+  cost is ``batch x negatives x artist_dim`` instead of a full softmax over ~127k artists.
+
+Artist input dropout (``train.artist_dropout``): during training the encoder sees artist 0
+(unknown) for that fraction of songs while the artist term still asks for the true artist, so the
+content features alone must place a song near its artist's other songs. This is how songs of
+unknown or rare artists (id 0 at inference) still embed next to their style.
+
+Saved artefacts are tensors only (``torch.load(weights_only=True)``); ``model.json`` beside them
+holds everything needed to rebuild and feed the encoder (see :func:`load_encoder`).
+"""
+
+import io
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from songrec.errors import InputError
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = ("numeric", "genres", "lyrics", "artist_idx", "genre_idx", "emotion_idx")
+
+
+@dataclass
+class ModelSpec:
+    """Shapes of the model: the data's dimensions (from ``meta/features.json``) and the train config."""
+
+    numeric_dim: int
+    genre_dim: int  # multi-hot length = genre vocabulary size
+    lyrics_dim: int
+    artist_vocab: int
+    genre_vocab: int
+    emotion_vocab: int
+    artist_emb: int = 100
+    genre_emb: int = 50
+    emotion_emb: int = 25
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    latent_dim: int = 32
+    dropout: float = 0.15
+    artist_dropout: float = 0.25
+
+    @classmethod
+    def from_meta(cls, features_meta: dict[str, Any], train: dict[str, Any]) -> "ModelSpec":
+        """Build from ``meta/features.json`` content and the ``train`` config section (as a dict)."""
+        vocab = features_meta["vocab_sizes"]
+        return cls(
+            numeric_dim=len(features_meta["numeric"]),
+            genre_dim=int(features_meta["genre_dim"]),
+            lyrics_dim=int(features_meta["lyrics_dim"]),
+            artist_vocab=int(vocab["artist"]),
+            genre_vocab=int(vocab["genre"]),
+            emotion_vocab=int(vocab["emotion"]),
+            artist_emb=int(train["artist_dim"]),
+            genre_emb=int(train["genre_dim"]),
+            emotion_emb=int(train["emotion_dim"]),
+            hidden=[int(h) for h in train["hidden"]],
+            latent_dim=int(train["latent_dim"]),
+            dropout=float(train["dropout"]),
+            artist_dropout=float(train.get("artist_dropout", 0.0)),
+        )
+
+
+def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Features -> latent vector (not normalised; :func:`encode_batch` normalises)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.info: dict[str, Any] = {}  # model.json content when loaded by load_encoder
+        self.artist = nn.Embedding(spec.artist_vocab, spec.artist_emb)
+        self.genre = nn.Embedding(spec.genre_vocab, spec.genre_emb)
+        self.emotion = nn.Embedding(spec.emotion_vocab, spec.emotion_emb)
+        for table in (self.artist, self.genre, self.emotion):
+            nn.init.normal_(table.weight, std=0.1)
+        width = (
+            spec.numeric_dim + spec.genre_dim + spec.lyrics_dim + spec.artist_emb + spec.genre_emb + spec.emotion_emb
+        )
+        self.mlp = _mlp([width, *spec.hidden], spec.dropout)
+        self.out = nn.Linear(spec.hidden[-1] if spec.hidden else width, spec.latent_dim)
+
+    @staticmethod
+    def _ids(idx: torch.Tensor, vocab: int) -> torch.Tensor:
+        """Ids as int64, with anything outside the vocabulary mapped to 0 = unknown."""
+        idx = idx.long()
+        return torch.where((idx >= 0) & (idx < vocab), idx, torch.zeros_like(idx))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Map a batch (tensors keyed by ``features/`` column names) to latent vectors ``[B, latent_dim]``."""
+        artist = self._ids(batch["artist_idx"], self.spec.artist_vocab)
+        if self.training and self.spec.artist_dropout > 0:
+            drop = torch.rand(artist.shape, device=artist.device) < self.spec.artist_dropout
+            artist = artist.masked_fill(drop, 0)
+        x = torch.cat(
+            [
+                batch["numeric"].float(),
+                batch["genres"].float(),
+                batch["lyrics"].float(),
+                self.artist(artist),
+                self.genre(self._ids(batch["genre_idx"], self.spec.genre_vocab)),
+                self.emotion(self._ids(batch["emotion_idx"], self.spec.emotion_vocab)),
+            ],
+            dim=1,
+        )
+        return self.out(self.mlp(x))
+
+
+class Decoder(nn.Module):
+    """Latent direction -> reconstructions of every input (and an artist query vector)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        sizes = [spec.latent_dim, *reversed(spec.hidden)]
+        self.mlp = _mlp(sizes, spec.dropout)
+        width = sizes[-1]
+        self.numeric = nn.Linear(width, spec.numeric_dim)
+        self.genres = nn.Linear(width, spec.genre_dim)
+        self.emotion = nn.Linear(width, spec.emotion_vocab)
+        self.lyrics = nn.Linear(width, spec.lyrics_dim)
+        self.artist_query = nn.Linear(width, spec.artist_emb)
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reconstruction heads from latent ``z`` (only its direction is used)."""
+        h = self.mlp(F.normalize(z, dim=1) * math.sqrt(self.spec.latent_dim))
+        return {
+            "numeric": self.numeric(h),
+            "genres": self.genres(h),
+            "emotion": self.emotion(h),
+            "lyrics": self.lyrics(h),
+            "artist_query": self.artist_query(h),
+        }
+
+
+class Autoencoder(nn.Module):
+    """Encoder + decoder; ``forward`` returns the latent and the decoder heads."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = Encoder(spec)
+        self.decoder = Decoder(spec)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Encode then decode a batch."""
+        z = self.encoder(batch)
+        return z, self.decoder(z)
+
+
+@dataclass
+class LossWeights:
+    """Weight of each loss term (``train.loss_*``) and the number of sampled artist negatives."""
+
+    numeric: float = 1.0
+    genre: float = 1.0
+    emotion: float = 1.0
+    artist: float = 0.5
+    lyrics: float = 1.0
+    artist_negatives: int = 1024
+
+    @classmethod
+    def from_train(cls, train: dict[str, Any]) -> "LossWeights":
+        """From the ``train`` config section as a dict."""
+        return cls(
+            numeric=float(train["loss_numeric"]),
+            genre=float(train["loss_genre"]),
+            emotion=float(train["loss_emotion"]),
+            artist=float(train["loss_artist"]),
+            lyrics=float(train["loss_lyrics"]),
+            artist_negatives=int(train["artist_negatives"]),
+        )
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def artist_softmax_loss(query: torch.Tensor, table: torch.Tensor, artist: torch.Tensor, negatives: int) -> torch.Tensor:
+    """Sampled-softmax cross-entropy of the true artist against uniformly drawn negatives.
+
+    Args:
+        query: ``[B, D]`` decoder artist queries.
+        table: ``[V, D]`` the encoder's artist embedding table (tied).
+        artist: ``[B]`` true artist ids; 0 (unknown) rows are left out.
+        negatives: number of negative artists shared by the batch (drawn from ``1..V-1``).
+
+    Returns:
+        The mean loss over rows with a known artist (0 when there are none).
+    """
+    vocab = table.shape[0]
+    known = (artist > 0).float()
+    if vocab <= 2 or negatives <= 0:
+        return query.sum() * 0.0
+    neg = torch.randint(1, vocab, (negatives,), device=query.device)
+    pos_logit = (query * table[artist]).sum(dim=1, keepdim=True)
+    neg_logit = query @ table[neg].T
+    neg_logit = neg_logit.masked_fill(neg[None, :] == artist[:, None], float("-inf"))  # accidental hits
+    logits = torch.cat([pos_logit, neg_logit], dim=1).float()
+    per_row = torch.logsumexp(logits, dim=1) - logits[:, 0]
+    return _masked_mean(per_row, known)
+
+
+def autoencoder_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], weights: LossWeights
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the reconstruction terms for one batch (module docstring explains each).
+
+    Args:
+        model: an :class:`Autoencoder`, possibly wrapped in ``DistributedDataParallel``.
+        batch: tensors keyed by ``features/`` column names.
+        weights: the term weights.
+
+    Returns:
+        ``(total, parts)``: the scalar loss to back-propagate and each unweighted term as a float.
+    """
+    _, out = model(batch)
+    core = model.module if hasattr(model, "module") else model
+    numeric = F.mse_loss(out["numeric"].float(), batch["numeric"].float())
+    genres = F.binary_cross_entropy_with_logits(out["genres"].float(), batch["genres"].float(), reduction="sum") / max(
+        len(batch["genres"]), 1
+    )
+    emotion_target = Encoder._ids(batch["emotion_idx"], core.spec.emotion_vocab)
+    emotion = _masked_mean(
+        F.cross_entropy(out["emotion"].float(), emotion_target, reduction="none"), (emotion_target > 0).float()
+    )
+    lyrics_target = batch["lyrics"].float()
+    has_lyrics = (lyrics_target.abs().sum(dim=1) > 0).float()
+    lyrics = _masked_mean(1.0 - F.cosine_similarity(out["lyrics"].float(), lyrics_target, dim=1), has_lyrics)
+    artist = artist_softmax_loss(
+        out["artist_query"],
+        core.encoder.artist.weight,
+        Encoder._ids(batch["artist_idx"], core.spec.artist_vocab),
+        weights.artist_negatives,
+    )
+    total = (
+        weights.numeric * numeric
+        + weights.genre * genres
+        + weights.emotion * emotion
+        + weights.lyrics * lyrics
+        + weights.artist * artist
+    )
+    parts = {
+        "numeric": float(numeric.detach()),
+        "genre": float(genres.detach()),
+        "emotion": float(emotion.detach()),
+        "lyrics": float(lyrics.detach()),
+        "artist": float(artist.detach()),
+    }
+    return total, parts
+
+
+def _read_bytes(uri: str) -> bytes:
+    """Bytes of a local path / ``file://`` URI, or of any URI pyarrow's filesystems open (hdfs, s3)."""
+    if uri.startswith("file://") or "://" not in uri:
+        from songrec.config import local_path
+
+        path = local_path(uri)
+        if not path.is_file():
+            raise InputError(f"model file {uri} does not exist (run the train job first)")
+        return path.read_bytes()
+    from pyarrow import fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise InputError(f"model file {uri} does not exist (run the train job first)") from None
+
+
+def load_encoder(model_uri: str) -> Encoder:
+    """Rebuild the encoder from ``model_uri/model.json`` + ``model_uri/encoder.pt`` (tensors only).
+
+    Args:
+        model_uri: the ``model/`` directory (path or URI).
+
+    Returns:
+        The encoder in eval mode on CPU; ``encoder.info`` holds the model.json content (model_id,
+        feature order, vocabulary sizes, normalisation statistics).
+    """
+    base = model_uri.rstrip("/")
+    info = json.loads(_read_bytes(f"{base}/model.json"))
+    spec = ModelSpec(**info["model"])
+    encoder = Encoder(spec)
+    state = torch.load(io.BytesIO(_read_bytes(f"{base}/encoder.pt")), map_location="cpu", weights_only=True)
+    encoder.load_state_dict(state)
+    encoder.info = info
+    encoder.eval()
+    return encoder
+
+
+def _as_matrix(values: Any, width: int, name: str) -> np.ndarray:
+    """A 2-D float32 array from a 2-D array or a column of equal-length lists (pandas / Arrow)."""
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = np.stack([np.asarray(v, dtype=np.float32) for v in arr]) if len(arr) else np.zeros((0, width))
+    arr = np.asarray(arr, dtype=np.float32).reshape(len(arr), -1)
+    if arr.shape[1] != width:
+        raise InputError(f"column {name!r} has width {arr.shape[1]}, the model expects {width} (see model.json)")
+    return np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def encode_batch(encoder: Encoder, batch: dict[str, Any]) -> np.ndarray:
+    """Map a batch of songs to L2-normalised float32 vectors.
+
+    Args:
+        encoder: from :func:`load_encoder` (or a trained ``Autoencoder.encoder``).
+        batch: numpy arrays keyed by ``features/`` column names (``numeric``, ``genres``, ``lyrics``
+            as 2-D arrays or columns of lists; ``artist_idx``, ``genre_idx``, ``emotion_idx``).
+            Ids outside the model's vocabulary count as 0 = unknown.
+
+    Returns:
+        ``[B, latent_dim]`` float32, each row of unit length.
+    """
+    missing = [c for c in INPUT_COLUMNS if c not in batch]
+    if missing:
+        raise InputError(f"encode_batch: batch lacks column(s) {missing}")
+    spec = encoder.spec
+    tensors = {
+        "numeric": torch.from_numpy(_as_matrix(batch["numeric"], spec.numeric_dim, "numeric")),
+        "genres": torch.from_numpy(_as_matrix(batch["genres"], spec.genre_dim, "genres")),
+        "lyrics": torch.from_numpy(_as_matrix(batch["lyrics"], spec.lyrics_dim, "lyrics")),
+    }
+    for name in ("artist_idx", "genre_idx", "emotion_idx"):
+        tensors[name] = torch.from_numpy(np.asarray(batch[name], dtype=np.int64).reshape(-1))
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            z = encoder({k: v.to(device) for k, v in tensors.items()})
+    finally:
+        encoder.train(was_training)
+    return F.normalize(z.float(), dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    """The spec as a JSON-able dict (``model.json["model"]``)."""
+    return asdict(spec)

@@ -1,0 +1,159 @@
+"""Distributed training on the driver side: checks, Spark's TorchDistributor, atomic commit of ``model/``.
+
+:func:`run_training` validates the inputs (``features/`` exists and has enough row groups for the
+ranks, ``meta/`` is there, GPUs exist if asked for), then starts
+``pyspark.ml.torch.distributor.TorchDistributor(num_processes, local_mode, use_gpu)`` on
+:func:`songrec.train_worker.train_rank`; each rank reads its Petastorm shard and trains a DDP
+replica (see :mod:`songrec.train_loop`). Rank 0 writes the artefacts into a staging folder, which
+is committed as ``model/`` in one step (:func:`songrec.io.commit`).
+
+The train function is shipped by cloudpickle *by reference* (``songrec.train_worker.train_rank``),
+so the package must be importable where the ranks run: on the driver in local mode (it is
+installed in the venv), on executors through ``--py-files build/songrec.zip`` (spark-submit.sh).
+
+The same ranks run without Spark under ``torchrun`` (see :mod:`songrec.train_worker`).
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from songrec import io
+from songrec.config import Config, local_path
+from songrec.errors import InputError, SongrecError
+from songrec.feed import check_shardable
+from songrec.train_worker import make_spec, train_rank
+
+log = logging.getLogger(__name__)
+
+
+def gpus_available(spark: Any, local_mode: bool) -> bool:
+    """Whether TorchDistributor can give each rank a GPU with this session's resources."""
+    conf = spark.sparkContext.getConf()
+    if local_mode:
+        import torch
+
+        has_resource = "gpu" in spark.sparkContext.resources and int(conf.get("spark.driver.resource.gpu.amount", "0"))
+        return bool(has_resource) and torch.cuda.is_available()
+    return float(conf.get("spark.task.resource.gpu.amount", "0")) >= 1
+
+
+def resolve_use_gpu(spark: Any, cfg: Config) -> bool:
+    """Turn ``train.use_gpu`` (auto | true | false) into a decision, failing early when true is impossible."""
+    setting = cfg.train.use_gpu
+    if setting == "false":
+        return False
+    available = gpus_available(spark, cfg.train.local_mode)
+    if setting == "true" and not available:
+        where = (
+            "the driver (local mode needs spark.driver.resource.gpu.amount and a discovery script, and torch must "
+            "see CUDA)"
+            if cfg.train.local_mode
+            else "the executors (set spark.task.resource.gpu.amount=1 and the executor GPU resources)"
+        )
+        raise SongrecError(f"train.use_gpu is true but no GPU is available to {where}; set train.use_gpu=auto or false")
+    log.info("training on %s (train.use_gpu=%s)", "GPU" if available else "CPU", setting)
+    return available
+
+
+def _read_meta(spark: Any, cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    found = []
+    for name in ("features.json", "stats.json"):
+        uri = cfg.path("meta", name)
+        if not io.exists(uri, spark):
+            raise InputError(f"{uri} does not exist (run the preprocess job first)")
+        found.append(io.read_json(uri, spark))
+    return found[0], found[1]
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    """Where rank 0 writes per-epoch checkpoints: ``train.checkpoint_dir`` or ``root/_checkpoints/train``."""
+    uri = cfg.train.checkpoint_dir or cfg.path("_checkpoints", "train")
+    try:
+        return local_path(uri)
+    except SongrecError:
+        raise InputError(
+            f"checkpoints need a POSIX folder every rank can reach, {uri} is not one: set train.checkpoint_dir"
+        ) from None
+
+
+def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: str | None = None) -> dict[str, Any]:
+    """Train the autoencoder on ``features/`` with TorchDistributor and commit ``model/``.
+
+    Args:
+        spark: the active session (TorchDistributor finds it too).
+        cfg: the run's config (``train`` section).
+        resume: continue from the newest checkpoint in ``root/_checkpoints/train``.
+        trace_dir: tests only: every rank writes the song_ids it trained on, per epoch, to this folder.
+
+    Returns:
+        The history summary: epochs, best epoch and validation loss, final train loss, whether it
+        stopped early, world size, device, ``model_id`` and the per-epoch history.
+
+    Raises:
+        InputError: ``features/`` or ``meta/`` missing, too few row groups for the ranks.
+        SongrecError: ``train.use_gpu`` is true and there is no GPU.
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    features_uri = cfg.path("features")
+    if not io.exists(features_uri, spark):
+        raise InputError(f"features table {features_uri} does not exist (run the preprocess job first)")
+    features_meta, stats = _read_meta(spark, cfg)
+    groups = check_shardable(features_uri, cfg.train.num_processes)
+    use_gpu = resolve_use_gpu(spark, cfg)
+    checkpoints = checkpoint_dir(cfg)
+    staging = io.staging_uri(cfg.path(), "model")
+    local_out = io.is_local(staging) and cfg.train.local_mode
+    out_dir = str(local_path(staging)) if local_out else tempfile.mkdtemp(prefix="songrec-model-")
+    spec = make_spec(
+        cfg.to_dict()["train"], features_uri, features_meta, stats, out_dir, str(checkpoints),
+        resume=resume, use_gpu=use_gpu, threads=max(1, (os.cpu_count() or 1) // cfg.train.num_processes),
+        return_files=not cfg.train.local_mode, trace_dir=trace_dir,
+    )  # fmt: skip
+    log.info(
+        "training %s rows (%s val) from %s: %d row groups over %d ranks, local_mode=%s",
+        features_meta.get("rows", {}).get("train"), features_meta.get("rows", {}).get("val"), features_uri,
+        groups, cfg.train.num_processes, cfg.train.local_mode,
+    )  # fmt: skip
+    distributor = TorchDistributor(
+        num_processes=cfg.train.num_processes, local_mode=cfg.train.local_mode, use_gpu=use_gpu
+    )
+    try:
+        summary = distributor.run(train_rank, spec)
+        if summary is None:
+            raise SongrecError("training returned no result; see the rank logs above")
+        files = summary.pop("files", None)
+        if files is not None:  # artefacts came back as bytes from an executor's rank 0
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                (Path(out_dir) / name).write_bytes(data)
+        if not local_out:
+            _upload(spark, out_dir, staging)
+        io.commit(staging, cfg.path("model"), spark)
+    except BaseException:
+        io.discard(staging, spark)
+        raise
+    finally:
+        if not local_out:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    log.info(
+        "model %s: %d epochs, best val loss %.4f at epoch %d%s",
+        summary["model_id"], summary["epochs"], summary["best_val_loss"], summary["best_epoch"],
+        " (stopped early)" if summary["stopped_early"] else "",
+    )  # fmt: skip
+    return summary
+
+
+def _upload(spark: Any, folder: str, staging: str) -> None:
+    """Copy a local folder of artefacts to the (remote or local) staging URI."""
+    if io.is_local(staging):
+        shutil.copytree(folder, local_path(staging))
+        return
+    jvm = spark._jvm
+    dst = jvm.org.apache.hadoop.fs.Path(staging)
+    fs = dst.getFileSystem(spark._jsc.hadoopConfiguration())
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(Path(folder).as_uri()), dst)

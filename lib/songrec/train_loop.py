@@ -1,0 +1,328 @@
+"""The epoch loop of one DDP rank: data, model, optimiser, schedule, early stopping, checkpoints, artefacts.
+
+Called by :func:`songrec.train_worker.train_rank` after the process group is up. Every decision
+that must agree across ranks (losses, early stopping) is taken on all-reduced values, so all ranks
+take it identically.
+
+Uneven shards: ranks hold different numbers of row groups, hence of batches. The training pass
+runs inside DDP's ``join()`` context, so a rank that runs out of batches shadows the others'
+all-reduces instead of hanging them, and on exit DDP copies the parameters of the rank that ran
+longest (the "last joiner", ties to the larger rank) to all. That rank's optimiser and scheduler
+state is broadcast too, so that all ranks (and the checkpoint rank 0 writes) hold one consistent
+state.
+
+Reproducibility: every epoch reseeds python, numpy and torch from ``(seed, epoch, rank)`` and
+orders row groups with ``seed + epoch``, so restoring the epoch counter from a checkpoint restores
+the random streams too; with ``train.reader_workers: 1`` on CPU a resumed run repeats the
+uninterrupted one exactly.
+"""
+
+import copy
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from songrec.errors import InputError
+from songrec.feed import open_loader, to_device
+from songrec.model import Autoencoder, LossWeights, ModelSpec, autoencoder_loss, spec_dict
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "epoch-"
+KEEP_CHECKPOINTS = 2
+# Keys of the train section that change the model or the data it sees: a checkpoint made with
+# other values cannot be resumed.
+RESUME_KEYS = ("hidden", "latent_dim", "artist_dim", "genre_dim", "emotion_dim", "seed")
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    value = (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int, floor: float = 0.05):
+    """Linear warm-up then cosine decay to ``floor`` x lr (flat at the floor after ``total_steps``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: not on biases, and not on embedding rows a batch never touched."""
+    decay, no_decay = [], []
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    for param in model.parameters():
+        (no_decay if param.ndim < 2 or id(param) in embeddings else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.pt"))
+
+
+def _save_checkpoint(folder: Path, epoch: int, state: dict[str, Any]) -> Path:
+    """Write ``epoch-NNNN.pt`` atomically (temp file + ``os.replace``) and keep the newest few."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{CHECKPOINT_PREFIX}{epoch:04d}.pt"
+    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, final)
+    for old in _checkpoints(folder)[:-KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def _load_checkpoint(folder: Path, train: dict[str, Any]) -> dict[str, Any] | None:
+    found = _checkpoints(folder)
+    if not found:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", folder)
+        return None
+    state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    for key in RESUME_KEYS:
+        if state["train"].get(key) != train.get(key):
+            raise InputError(
+                f"checkpoint {found[-1]} was made with train.{key}={state['train'].get(key)!r}, this run has "
+                f"{train.get(key)!r}: use the same value, or delete {folder} and train without --resume"
+            )
+    return state
+
+
+def _sync_to_last_joiner(steps: int, optimizer: Any, scheduler: Any) -> None:
+    """Give every rank the optimiser and scheduler state of the rank DDP's join() took parameters from."""
+    world = dist.get_world_size()
+    gathered = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor([steps], dtype=torch.long))
+    counts = [int(t) for t in gathered]
+    if len(set(counts)) == 1:
+        return  # equal work: every rank already holds the same state
+    src = max(r for r, c in enumerate(counts) if c == max(counts))
+    payload = [optimizer.state_dict(), scheduler.state_dict()] if dist.get_rank() == src else [None, None]
+    dist.broadcast_object_list(payload, src=src)
+    if dist.get_rank() != src:
+        optimizer.load_state_dict(payload[0])
+        scheduler.load_state_dict(payload[1])
+
+
+def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]:
+    """One pass over this rank's shard of one split; returns all-reduced sums as means."""
+    cfg, model, device = ctx["train"], ctx["model"], ctx["device"]
+    split = "train" if train else "val"
+    trace = ctx["trace_dir"] if train else None
+    seen: list[np.ndarray] = []
+    sums = torch.zeros(3, dtype=torch.float64)  # weighted loss, rows, batches
+    model.train(train)
+    target = model if train else model.module
+    with open_loader(
+        ctx["features_uri"], split, ctx["rank"], ctx["world"], cfg["batch_size"],
+        shuffle_buffer=cfg["shuffle_buffer"] if train else 0, seed=cfg["seed"] + epoch,
+        workers=cfg["reader_workers"], with_ids=trace is not None,
+    ) as loader, (model.join(divide_by_initial_world_size=False) if train else torch.no_grad()):  # fmt: skip
+        for raw in loader:
+            if trace is not None:
+                seen.append(raw.pop("song_id").numpy())
+            batch = to_device(raw, device)
+            rows = len(batch["numeric"])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+                loss, _ = autoencoder_loss(target, batch, ctx["weights"])
+            if train:
+                ctx["optimizer"].zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg["grad_clip"] > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                ctx["optimizer"].step()
+                ctx["scheduler"].step()
+            sums += torch.tensor([float(loss.detach()) * rows, rows, 1], dtype=torch.float64)
+    if train:
+        _sync_to_last_joiner(int(sums[2]), ctx["optimizer"], ctx["scheduler"])
+    if trace is not None:
+        Path(trace).mkdir(parents=True, exist_ok=True)
+        ids = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+        np.save(Path(trace) / f"rank{ctx['rank']}-epoch{epoch}.npy", ids)
+    dist.all_reduce(sums)
+    return {"loss": float(sums[0] / max(sums[1], 1)), "rows": int(sums[1]), "batches": int(sums[2])}
+
+
+def _build(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    train = spec["train"]
+    model_spec = ModelSpec.from_meta(spec["features_meta"], train)
+    model = Autoencoder(model_spec).to(device)
+    world = dist.get_world_size()
+    rows = int(spec["features_meta"].get("rows", {}).get("train", 0)) or train["batch_size"]
+    steps_per_epoch = max(1, math.ceil(rows / world / train["batch_size"]))
+    horizon = train.get("schedule_epochs") or train["max_epochs"]
+    optimizer = torch.optim.AdamW(_param_groups(model, train["weight_decay"]), lr=train["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(max(1, int(train["warmup_epochs"] * steps_per_epoch)), horizon * steps_per_epoch)
+    )
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return {"spec": model_spec, "core": model, "model": ddp, "optimizer": optimizer, "scheduler": scheduler}
+
+
+def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train with this rank's shard and return the run summary (the same dict on every rank)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    train = spec["train"]
+    use_gpu = bool(spec["use_gpu"])
+    if use_gpu:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, int(spec["threads"])))
+        torch.use_deterministic_algorithms(True)
+    _seed_epoch(train["seed"], -1, 0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    ctx = _build(spec, device)
+    ctx.update(
+        train=train, device=device, amp=use_gpu, rank=rank, world=world, features_uri=spec["features_uri"],
+        weights=LossWeights.from_train(train), trace_dir=spec.get("trace_dir"),
+    )  # fmt: skip
+    folder = Path(spec["checkpoint_dir"])
+    history: list[dict[str, Any]] = []
+    early = {"best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False}
+    best_state = copy.deepcopy(ctx["core"].state_dict())
+    start = 0
+    state = _load_checkpoint(folder, train) if spec["resume"] else None
+    if state is not None:
+        ctx["core"].load_state_dict(state["model"])
+        ctx["optimizer"].load_state_dict(state["optimizer"])
+        ctx["scheduler"].load_state_dict(state["scheduler"])
+        best_state, history, early, start = (
+            state["best_model"],
+            list(state["history"]),
+            dict(state["early"]),
+            state["epoch"],
+        )
+        if rank == 0:
+            log.info("resumed from %s after epoch %d", folder, start)
+    began = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
+    for epoch in range(start, train["max_epochs"]):
+        if early["stopped"]:
+            break
+        _seed_epoch(train["seed"], epoch, rank)
+        t0 = time.perf_counter()
+        fit = _run_epoch(ctx, epoch, train=True)
+        seconds = time.perf_counter() - t0
+        val = _run_epoch(ctx, epoch, train=False)
+        record = {
+            "epoch": epoch + 1, "train_loss": fit["loss"], "val_loss": val["loss"], "train_rows": fit["rows"],
+            "val_rows": val["rows"], "rows_per_s": fit["rows"] / max(seconds, 1e-9), "epoch_s": seconds,
+            "elapsed_s": time.perf_counter() - began, "lr": ctx["scheduler"].get_last_lr()[0],
+        }  # fmt: skip
+        history.append(record)
+        if val["loss"] < early["best_val"] - train["min_delta"]:
+            early.update(best_val=val["loss"], best_epoch=epoch + 1, bad_epochs=0)
+            best_state = copy.deepcopy(ctx["core"].state_dict())
+        else:
+            early["bad_epochs"] += 1
+            early["stopped"] = early["bad_epochs"] >= train["patience"]
+        if rank == 0:
+            log.info(
+                "epoch %d/%d train %.4f val %.4f  %.0f rows/s  %.1f s  elapsed %.1f s%s",
+                epoch + 1, train["max_epochs"], fit["loss"], val["loss"], record["rows_per_s"], seconds,
+                record["elapsed_s"], "  (early stop)" if early["stopped"] else "",
+            )  # fmt: skip
+            _save_checkpoint(folder, epoch + 1, {
+                "epoch": epoch + 1, "model": ctx["core"].state_dict(), "optimizer": ctx["optimizer"].state_dict(),
+                "scheduler": ctx["scheduler"].state_dict(), "best_model": best_state, "early": early,
+                "history": history, "train": train,
+            })  # fmt: skip
+        dist.barrier()
+    summary = {
+        "epochs": len(history), "best_epoch": early["best_epoch"], "best_val_loss": early["best_val"],
+        "final_train_loss": history[-1]["train_loss"] if history else None, "stopped_early": early["stopped"],
+        "world_size": world, "device": "cuda" if use_gpu else "cpu", "history": history,
+    }  # fmt: skip
+    files = None
+    if rank == 0:
+        files = write_artefacts(spec, ctx["spec"], best_state, summary)
+        summary["model_id"] = files.pop("__model_id__")
+        if not spec.get("return_files"):
+            files = None
+    payload = [summary]
+    dist.broadcast_object_list(payload, src=0)
+    result = dict(payload[0])
+    if files is not None:
+        result["files"] = files
+    return result
+
+
+def write_artefacts(
+    spec: dict[str, Any], model_spec: ModelSpec, state: dict[str, torch.Tensor], summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Write model.pt, encoder.pt, model.json, history.json and loss.png into ``spec["out_dir"]``.
+
+    Returns:
+        ``{file name: bytes}`` of what was written, plus ``"__model_id__"``.
+    """
+    import hashlib
+
+    out = Path(spec["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    blobs: dict[str, Any] = {}
+    for name, obj in (("model.pt", state), ("encoder.pt", encoder_state)):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        blobs[name] = buffer.getvalue()
+    model_id = hashlib.sha256(blobs["encoder.pt"]).hexdigest()[:16]
+    meta = spec["features_meta"]
+    info = {
+        "model_id": model_id,
+        "model": spec_dict(model_spec),
+        "numeric": meta["numeric"],
+        "genre_dim": meta["genre_dim"],
+        "lyrics_dim": meta["lyrics_dim"],
+        "vocab_sizes": meta["vocab_sizes"],
+        "schema_version": meta.get("schema_version"),
+        "input_columns": ["numeric", "genres", "lyrics", "artist_idx", "genre_idx", "emotion_idx"],
+        "stats": spec["stats"],
+        "features_uri": spec["features_uri"],
+        "train": spec["train"],
+        "summary": {k: v for k, v in summary.items() if k != "history"},
+    }
+    blobs["model.json"] = json.dumps(info, indent=2).encode()
+    blobs["history.json"] = json.dumps(summary["history"], indent=2).encode()
+    blobs["loss.png"] = _loss_png(summary["history"])
+    for name, data in blobs.items():
+        (out / name).write_bytes(data)
+    blobs["__model_id__"] = model_id
+    return blobs
+
+
+def _loss_png(history: list[dict[str, Any]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("songrec autoencoder")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,124 @@
+"""The autoencoder, its loss and the encoder artefacts; the Petastorm feed's shapes and shards."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_cfg
+from train_data import make_features
+
+from songrec.errors import InputError
+from songrec.feed import count_row_groups, read_split
+from songrec.model import (
+    Autoencoder,
+    LossWeights,
+    ModelSpec,
+    artist_softmax_loss,
+    autoencoder_loss,
+    encode_batch,
+    load_encoder,
+    spec_dict,
+)
+
+SPEC = ModelSpec(
+    numeric_dim=5, genre_dim=6, lyrics_dim=4, artist_vocab=50, genre_vocab=6, emotion_vocab=4,
+    artist_emb=8, genre_emb=4, emotion_emb=2, hidden=[16, 8], latent_dim=4, dropout=0.0, artist_dropout=0.25,
+)  # fmt: skip
+
+
+def _batch(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lyrics = rng.random((n, 4)).astype(np.float32)
+    return {
+        "numeric": rng.normal(size=(n, 5)).astype(np.float32),
+        "genres": (rng.random((n, 6)) < 0.3).astype(np.float32),
+        "lyrics": lyrics / np.linalg.norm(lyrics, axis=1, keepdims=True),
+        "artist_idx": rng.integers(0, 50, n).astype(np.int32),
+        "genre_idx": rng.integers(0, 6, n).astype(np.int32),
+        "emotion_idx": rng.integers(0, 4, n).astype(np.int32),
+    }
+
+
+def test_loss_is_finite_and_trains():
+    torch.manual_seed(0)
+    model = Autoencoder(SPEC)
+    batch = {k: torch.from_numpy(v) for k, v in _batch(256).items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(60):
+        loss, parts = autoencoder_loss(model, batch, LossWeights(artist_negatives=16))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert set(parts) == {"numeric", "genre", "emotion", "lyrics", "artist"}
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.7 * losses[0]
+    assert model.encoder.artist.weight.grad.abs().sum() > 0  # the artist table is trained by the loss
+
+
+def test_collapsed_artist_table_gets_the_worst_artist_loss():
+    torch.manual_seed(0)
+    artists = torch.randint(1, 50, (64,))
+    query = torch.randn(64, 8)
+    collapsed = torch.ones(50, 8)
+    loss = artist_softmax_loss(query, collapsed, artists, negatives=16)
+    # Every logit equal: log(1 + unmasked negatives) per row, at most log(17).
+    assert 0.9 * math.log(17) < float(loss) <= math.log(17) + 1e-5
+    table = torch.randn(50, 8)
+    assert float(artist_softmax_loss(table[artists] * 5, table, artists, negatives=16)) < 0.5 * float(loss)
+    assert float(artist_softmax_loss(query, table, torch.zeros(64, dtype=torch.long), negatives=16)) == 0.0
+
+
+def test_encode_batch_unit_vectors_lists_and_unknown_ids():
+    model = Autoencoder(SPEC).eval()
+    batch = _batch(10)
+    vectors = encode_batch(model.encoder, batch)
+    assert vectors.dtype == np.float32 and vectors.shape == (10, 4)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    as_lists = dict(batch, numeric=np.array([list(r) for r in batch["numeric"]] + [None], dtype=object)[:-1])
+    np.testing.assert_allclose(encode_batch(model.encoder, as_lists), vectors, atol=1e-6)
+    unseen = dict(batch, artist_idx=np.full(10, 10_000))  # artists after training: unknown = 0
+    np.testing.assert_allclose(
+        encode_batch(model.encoder, unseen),
+        encode_batch(model.encoder, dict(batch, artist_idx=np.zeros(10))),
+        atol=1e-6,
+    )
+    with pytest.raises(InputError, match="lyrics"):
+        encode_batch(model.encoder, {k: v for k, v in batch.items() if k != "lyrics"})
+    with pytest.raises(InputError, match="'numeric' has width 3"):
+        encode_batch(model.encoder, dict(batch, numeric=batch["numeric"][:, :3]))
+
+
+def test_load_encoder_roundtrip_weights_only(tmp_path):
+    model = Autoencoder(SPEC).eval()
+    state = {k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (tmp_path / "encoder.pt").write_bytes(buffer.getvalue())
+    (tmp_path / "model.json").write_text(json.dumps({"model_id": "x", "model": spec_dict(SPEC)}))
+    encoder = load_encoder(tmp_path.as_uri())
+    batch = _batch(8)
+    np.testing.assert_array_equal(encode_batch(encoder, batch), encode_batch(model.encoder, batch))
+    assert encoder.info["model_id"] == "x" and not encoder.training
+    with pytest.raises(InputError, match="does not exist"):
+        load_encoder(str(tmp_path / "nowhere"))
+
+
+def test_feed_gives_2d_arrays_and_disjoint_shards(spark, tmp_path):
+    cfg = make_cfg(tmp_path)
+    meta = make_features(spark, cfg, rows=600, files=2)
+    uri = cfg.path("features")
+    assert count_row_groups(uri) == meta["row_groups"] >= 4
+    shards = [read_split(uri, "train", rank, 2) for rank in (0, 1)]
+    for shard in shards:
+        assert shard["numeric"].ndim == 2 and shard["numeric"].shape[1] == len(meta["numeric"])
+        assert shard["genres"].shape[1] == meta["genre_dim"] and shard["lyrics"].shape[1] == meta["lyrics_dim"]
+        assert "split" not in shard
+    ids = [set(s["song_id"].tolist()) for s in shards]
+    assert not ids[0] & ids[1]
+    assert len(ids[0] | ids[1]) == meta["rows"]["train"]
+    assert len(read_split(uri, "val")["song_id"]) == meta["rows"]["val"]

@@ -1,0 +1,166 @@
+"""Distributed training, run distributed: 2 DDP ranks on CPU through TorchDistributor (local mode) and torchrun."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import ROOT, make_cfg
+from train_data import make_features
+
+from songrec.config import local_path
+from songrec.errors import InputError, SongrecError
+from songrec.model import Autoencoder, ModelSpec, encode_batch, load_encoder
+from songrec.train import run_training
+
+FAST = ["train.batch_size=64", "train.shuffle_buffer=200"]
+
+
+@pytest.fixture(scope="module")
+def uneven(spark, tmp_path_factory):
+    """features/ + meta/ where one rank's shard is several times the other's (DDP join() must cope)."""
+    cfg = make_cfg(tmp_path_factory.mktemp("uneven"), *FAST)
+    make_features(spark, cfg, rows=1200, uneven=True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained_uneven(spark, uneven, tmp_path_factory):
+    trace = tmp_path_factory.mktemp("trace")
+    summary = run_training(spark, uneven, trace_dir=str(trace))
+    return uneven, summary, trace
+
+
+def _copy_run(cfg, base: Path, *overrides: str):
+    """A fresh run root with the same features/ and meta/ as ``cfg``."""
+    new = make_cfg(base, *FAST, *overrides)
+    for name in ("features", "meta"):
+        shutil.copytree(local_path(cfg.path(name)), local_path(new.path(name)))
+    return new
+
+
+def test_loss_decreases_and_artefacts_are_safe(trained_uneven):
+    cfg, summary, _ = trained_uneven
+    history = summary["history"]
+    assert summary["world_size"] == 2 and summary["device"] == "cpu"
+    assert len(history) == summary["epochs"] == 4
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    model_dir = local_path(cfg.path("model"))
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "encoder.pt", "history.json", "loss.png", "model.json", "model.pt",
+    ]  # fmt: skip
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["model_id"] == summary["model_id"]
+    assert info["stats"]["numeric"]["tempo"]["std"] == 1.0 and len(info["numeric"]) == info["model"]["numeric_dim"]
+    assert json.loads((model_dir / "history.json").read_text()) == history
+    assert (model_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("model.pt", "encoder.pt"):
+        state = torch.load(model_dir / name, weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_ranks_saw_disjoint_shards_covering_train_split(trained_uneven):
+    cfg, summary, trace = trained_uneven
+    table = pq.read_table(local_path(cfg.path("features")), columns=["song_id", "split"]).to_pydict()
+    train_ids = {i for i, s in zip(table["song_id"], table["split"], strict=True) if s == "train"}
+    for epoch in range(summary["epochs"]):
+        seen = [np.load(trace / f"rank{r}-epoch{epoch}.npy") for r in (0, 1)]
+        assert len(set(seen[0]) & set(seen[1])) == 0
+        assert sum(len(s) for s in seen) == len(train_ids) == summary["history"][epoch]["train_rows"]
+        assert set(seen[0]) | set(seen[1]) == train_ids
+        small, large = sorted(len(s) for s in seen)
+        assert large > 2 * small  # uneven shards really were uneven, and training did not hang
+
+
+def test_saved_encoder_reloads_and_gives_same_vectors(trained_uneven):
+    cfg, _, _ = trained_uneven
+    model_uri = cfg.path("model")
+    batch = pq.read_table(local_path(cfg.path("features"))).slice(0, 50).to_pydict()
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    first = encode_batch(load_encoder(model_uri), batch)
+    again = encode_batch(load_encoder(model_uri), batch)
+    assert first.dtype == np.float32 and first.shape == (50, 16)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(first, again)
+    info = load_encoder(model_uri).info
+    full = Autoencoder(ModelSpec(**info["model"]))
+    full.load_state_dict(torch.load(local_path(model_uri) / "model.pt", weights_only=True))
+    np.testing.assert_allclose(encode_batch(full.encoder, batch), first, atol=1e-6)
+
+
+def test_resume_continues_to_the_same_result(spark, trained_uneven, tmp_path):
+    """Stop after epoch 2 (max_epochs=2), resume to 4: the same history as the uninterrupted 4-epoch run."""
+    uneven, full, _ = trained_uneven
+    broken = _copy_run(uneven, tmp_path / "broken", "train.max_epochs=2", "train.schedule_epochs=4")
+    first = run_training(spark, broken)
+    assert first["epochs"] == 2
+    checkpoints = sorted(p.name for p in (local_path(broken.path("_checkpoints", "train"))).iterdir())
+    assert checkpoints == ["epoch-0001.pt", "epoch-0002.pt"]
+    resumed = run_training(spark, make_cfg(tmp_path / "broken", *FAST, "train.max_epochs=4"), resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4] == [h["epoch"] for h in full["history"]]
+    assert resumed["history"][:2] == first["history"]  # continuous: the first epochs are the checkpoint's
+    for a, b in zip(resumed["history"], full["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_trained_fixture_end_to_end(trained):
+    """The conftest pipeline: generate -> preprocess -> train; later stages embed from this model/."""
+    encoder = load_encoder(trained.path("model"))
+    table = pq.read_table(local_path(trained.path("features"))).slice(0, 20).to_pydict()
+    vectors = encode_batch(encoder, {k: np.asarray(v) for k, v in table.items()})
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    history = json.loads((local_path(trained.path("model")) / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_torchrun_standalone_without_pyspark(uneven, tmp_path):
+    blocker = tmp_path / "no_pyspark" / "pyspark"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('pyspark is not installed on this box')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(ROOT / "lib")])}
+    out = tmp_path / "gpu-box" / "model"
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+        "songrec.train_worker", "--features", uneven.path("features"), "--meta", uneven.path("meta"),
+        "--out", str(out), "--conf-file", str(ROOT / "conf" / "test.yaml"),
+        "--set", "train.max_epochs=2", *[a for s in FAST for a in ("--set", s)],
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epoch 2/2" in done.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert (out.parent / "_checkpoints" / "train" / "epoch-0002.pt").is_file()
+    assert load_encoder(str(out)).info["summary"]["world_size"] == 2
+
+
+def test_missing_features_is_a_clear_error(spark, cfg):
+    with pytest.raises(InputError, match=r"features table .*/features does not exist"):
+        run_training(spark, cfg)
+    spec = importlib.util.spec_from_file_location("job_train", ROOT / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--conf-file", str(ROOT / "conf" / "test.yaml"), "--set", f"root={cfg.root}"]) == 1
+
+
+def test_too_few_row_groups_names_the_fix(spark, cfg):
+    make_features(spark, cfg, rows=200, files=1, block=256 * 1024 * 1024)
+    with pytest.raises(InputError, match=r"1 row group\(s\).*need at least 2.*preprocess.row_group_rows"):
+        run_training(spark, cfg)
+
+
+def test_use_gpu_true_without_gpu_fails_before_training(spark, uneven):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = make_cfg(local_path(uneven.root).parent, "train.use_gpu=true")
+    with pytest.raises(SongrecError, match="no GPU"):
+        run_training(spark, cfg)
