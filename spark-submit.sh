@@ -107,5 +107,6 @@ fi
 exec "$VENV/bin/spark-submit" \
   "${submit_opts[@]}" \
   --py-files "$ROOT/build/songrec.zip" \
+  --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties" \
   "${extra[@]}" \
   "$ROOT/jobs/$job.py" --conf-file "$conf_file" "${sets[@]}" "${job_args[@]}"
