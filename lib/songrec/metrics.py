@@ -1,0 +1,117 @@
+"""Array -> number functions behind the evaluation: exact blocked search, recall and relevance.
+
+Everything here works on numpy arrays of catalogue *positions* (row numbers of the catalogue),
+with ``-1`` for an empty neighbour slot, so that it is testable without Spark.
+"""
+
+import numpy as np
+
+MISSING = -1
+
+
+def exact_topk(
+    queries: np.ndarray,
+    query_pos: np.ndarray,
+    base: np.ndarray,
+    k: int,
+    block_rows: int = 32768,
+    metric: str = "ip",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of each query row over ``base``, the query's own row excluded.
+
+    The catalogue is scanned in blocks of ``block_rows`` so that memory stays at
+    ``len(queries) x block_rows`` scores. Ties are broken by catalogue position ascending.
+
+    Args:
+        queries: ``[Q, d]`` query vectors.
+        query_pos: ``[Q]`` row of each query in ``base`` (excluded from its own result), or -1.
+        base: ``[N, d]`` catalogue vectors.
+        k: neighbours per query (at most N - 1).
+        block_rows: catalogue rows per block.
+        metric: ``"ip"`` (inner product; cosine on unit vectors) or ``"l2"`` (Euclidean).
+
+    Returns:
+        ``(positions int64 [Q, k], scores float32 [Q, k])``; for ``l2`` the score is the negative
+        squared distance (larger is closer).
+    """
+    if metric not in {"ip", "l2"}:
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+    queries = np.asarray(queries, np.float32)
+    n_q = len(queries)
+    best_pos = np.full((n_q, 0), MISSING, np.int64)
+    best_score = np.full((n_q, 0), -np.inf, np.float32)
+    q_norm = (queries * queries).sum(1, keepdims=True) if metric == "l2" else None
+    for lo in range(0, len(base), block_rows):
+        block = np.asarray(base[lo : lo + block_rows], np.float32)
+        scores = queries @ block.T
+        if metric == "l2":
+            scores = 2 * scores - (block * block).sum(1)[None, :] - q_norm
+        own = query_pos - lo
+        rows = np.flatnonzero((own >= 0) & (own < len(block)))
+        scores[rows, own[rows]] = -np.inf
+        take = min(k, len(block))
+        part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < len(block) else np.tile(
+            np.arange(len(block)), (n_q, 1)
+        )  # fmt: skip
+        cand_pos = np.hstack([best_pos, part + lo])
+        cand_score = np.hstack([best_score, np.take_along_axis(scores, part, 1)])
+        order = np.lexsort((cand_pos, -cand_score), axis=1)[:, :k]
+        best_pos = np.take_along_axis(cand_pos, order, 1)
+        best_score = np.take_along_axis(cand_score, order, 1)
+    best_pos[~np.isfinite(best_score)] = MISSING
+    return best_pos, best_score.astype(np.float32)
+
+
+def recall_at(
+    found: np.ndarray, exact: np.ndarray, exact_scores: np.ndarray, found_scores: np.ndarray, k: int
+) -> float:
+    """Mean share of the exact top-``k`` that the approximate top-``k`` recovers, tie-aware.
+
+    A found neighbour counts when it is in the exact top-k or its true score equals the exact
+    k-th score (within 1e-6): a tie at the boundary is not a miss.
+    """
+    found, exact = found[:, :k], exact[:, :k]
+    kth = exact_scores[:, k - 1 : k]
+    hits = (found[:, :, None] == exact[:, None, :]).any(-1) | (found_scores[:, :k] >= kth - 1e-6)
+    hits &= found != MISSING
+    return float(np.mean(hits.sum(1) / k))
+
+
+def share_same(codes: np.ndarray, query: np.ndarray, nbrs: np.ndarray, k: int) -> float | None:
+    """Mean share of the top-``k`` neighbours whose label equals the query's (labels < 0 = unknown).
+
+    Queries with an unknown label are skipped; an unknown or missing neighbour counts as a miss.
+    Returns None when no query has a label.
+    """
+    nb = nbrs[:, :k]
+    q_code = codes[query]
+    known = q_code >= 0
+    if not known.any():
+        return None
+    nb_code = np.where(nb == MISSING, -2, codes[np.where(nb == MISSING, 0, nb)])
+    return float(np.mean((nb_code[known] == q_code[known, None]).sum(1) / k))
+
+
+def share_overlap(multi_hot: np.ndarray, query: np.ndarray, nbrs: np.ndarray, k: int) -> float | None:
+    """Mean share of the top-``k`` neighbours sharing at least one tag (row of ``multi_hot``) with the query."""
+    nb = nbrs[:, :k]
+    known = multi_hot[query].any(1)
+    if not known.any():
+        return None
+    shared = (multi_hot[np.where(nb == MISSING, 0, nb)] & multi_hot[query][:, None, :]).any(-1) & (nb != MISSING)
+    return float(np.mean(shared[known].sum(1) / k))
+
+
+def hit_rate(similar: list[np.ndarray], nbrs: np.ndarray) -> float | None:
+    """Mean share of each query's known similar songs (positions) found among its neighbours."""
+    rates = [np.isin(sim, row).mean() for sim, row in zip(similar, nbrs, strict=True) if len(sim)]
+    return float(np.mean(rates)) if rates else None
+
+
+def coverage_and_hubness(nbrs: np.ndarray, n: int) -> tuple[float, int]:
+    """Share of the catalogue appearing in any list, and the largest in-degree (hubness)."""
+    flat = nbrs[nbrs != MISSING]
+    if not len(flat):
+        return 0.0, 0
+    counts = np.bincount(flat, minlength=n)
+    return float((counts > 0).mean()), int(counts.max())
