@@ -72,6 +72,7 @@ class GenerateConf:
     artists_per_style: int = 0  # 0 = scale with rows (about rows / 4.3 artists in all)
     partitions: int = 8
     parts: int = 0  # 0 = one CSV file like the published one; N = a folder of N part files
+    rerelease: float = 0.002  # legit re-releases: same artist + title on another album (not dirt)
     dirt: DirtConf = field(default_factory=DirtConf)
 
 
@@ -84,7 +85,7 @@ class PreprocessConf:
     val_fraction: float = 0.1
     max_artists: int = 200000  # artist vocabulary cap (most frequent first); the rest map to 0 = unknown
     min_artist_count: int = 1
-    lyrics_dim: int = 64  # hashed bag-of-words buckets in features/
+    lyrics_dim: int = 256  # hashed lyric buckets in features/ (sublinear TF-IDF; 64 loses the topic words)
     features_files: int = 8
     row_group_rows: int = 8192  # small row groups so that many training ranks each get whole groups
 
@@ -106,18 +107,22 @@ class TrainConf:
     grad_clip: float = 1.0
     seed: int = 42
     shuffle_buffer: int = 20000
-    latent_dim: int = 32
+    latent_dim: int = 64  # 32 lost the fine structure kNN needs (50k generated songs: similar-song hit 0.027 -> 0.039)
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     artist_dim: int = 100
     genre_dim: int = 50
     emotion_dim: int = 25
-    dropout: float = 0.15
-    loss_numeric: float = 1.0
-    loss_genre: float = 1.0
-    loss_emotion: float = 1.0
+    dropout: float = 0.05
+    loss_numeric: float = 4.0
+    loss_genre: float = 0.5  # genre/emotion at full weight dominate the latent (agreement 0.99, style 0.51)
+    loss_emotion: float = 0.5
     loss_artist: float = 0.5
-    loss_lyrics: float = 1.0
+    loss_lyrics: float = 16.0  # lyric topic words carry most of what makes two songs alike
     artist_negatives: int = 1024
+    artist_dropout: float = 0.25  # fraction of songs whose artist input is hidden (id 0) in training
+    schedule_epochs: int = 0  # cosine LR horizon in epochs; 0 = max_epochs
+    reader_workers: int = 1  # Petastorm reader threads per rank; 1 keeps the data order deterministic
+    checkpoint_dir: str = ""  # "" = root/_checkpoints/train (must be a POSIX path every rank can reach)
 
 
 @dataclass
@@ -139,6 +144,9 @@ class KnnConf:
     ef: int = 200
     buckets: int = 64  # files of neighbors/: bucket = pmod(song_id, buckets)
     max_shard_rows: int = 2_000_000  # refuse shards larger than this (task memory bound)
+    max_query_rows: int = 200_000  # songs one query task holds while it visits every shard
+    query_partitions: int = 0  # 0 = max(default parallelism, ceil(N / max_query_rows))
+    seed: int = 100  # hnswlib random_seed: same vectors + same seed = same graph
 
 
 @dataclass
@@ -147,7 +155,8 @@ class EvaluateConf:
 
     sample: int = 2000
     seed: int = 7
-    truth: str = ""  # generator truth file; "" = <input>.truth.csv when it exists
+    truth: str = ""  # generator truth file; "" = songrec.generate.truth_uri(cfg) when it exists
+    block_rows: int = 32768  # catalogue rows per block of the exact (brute-force) search
 
 
 @dataclass
@@ -183,7 +192,9 @@ def to_uri(path: str) -> str:
     """Turn a local path into an absolute ``file://`` URI; leave a URI with a scheme alone."""
     if "://" in path:
         return path
-    return Path(path).expanduser().resolve().as_uri()
+    # Not Path.as_uri(): Hadoop's Path(String) would encode its %20 again; Spark, Petastorm and our
+    # local_path all take file:// plus the plain absolute path, spaces included.
+    return "file://" + str(Path(path).expanduser().resolve())
 
 
 def local_path(uri: str) -> Path:
@@ -295,6 +306,8 @@ def validate(cfg: Config) -> None:
         (cfg.generate.styles >= 2, "generate.styles: must be >= 2"),
         (cfg.generate.partitions >= 1, "generate.partitions: must be >= 1"),
         (cfg.generate.parts >= 0, "generate.parts: must be >= 0"),
+        (0.0 <= cfg.generate.rerelease < 0.5, "generate.rerelease: must be in [0, 0.5)"),
+        (cfg.generate.rows <= 1_000_000_000, "generate.rows: must be <= 1e9"),
         (0.0 < cfg.preprocess.val_fraction < 0.5, "preprocess.val_fraction: must be in (0, 0.5)"),
         (cfg.preprocess.lyrics_dim >= 1, "preprocess.lyrics_dim: must be >= 1"),
         (cfg.preprocess.features_files >= 1, "preprocess.features_files: must be >= 1"),
@@ -307,13 +320,25 @@ def validate(cfg: Config) -> None:
         (cfg.train.latent_dim >= 2, "train.latent_dim: must be >= 2"),
         (0.0 <= cfg.train.dropout < 1.0, "train.dropout: must be in [0, 1)"),
         (cfg.train.lr > 0, "train.lr: must be > 0"),
+        (0.0 <= cfg.train.artist_dropout < 1.0, "train.artist_dropout: must be in [0, 1)"),
+        (cfg.train.schedule_epochs >= 0, "train.schedule_epochs: must be >= 0"),
+        (cfg.train.reader_workers >= 1, "train.reader_workers: must be >= 1"),
+        (cfg.train.patience >= 1, "train.patience: must be >= 1"),
+        (cfg.train.artist_negatives >= 0, "train.artist_negatives: must be >= 0"),
+        (cfg.train.shuffle_buffer >= 0, "train.shuffle_buffer: must be >= 0"),
         (cfg.knn.k >= 1, "knn.k: must be >= 1"),
         (cfg.knn.shards >= 1, "knn.shards: must be >= 1"),
         (cfg.knn.M >= 2, "knn.M: must be >= 2"),
         (cfg.knn.ef_construction >= 1, "knn.ef_construction: must be >= 1"),
         (cfg.knn.ef >= 1, "knn.ef: must be >= 1"),
         (cfg.knn.buckets >= 1, "knn.buckets: must be >= 1"),
+        (cfg.knn.max_shard_rows >= 1, "knn.max_shard_rows: must be >= 1"),
+        (cfg.knn.max_query_rows >= 1, "knn.max_query_rows: must be >= 1"),
+        (cfg.knn.query_partitions >= 0, "knn.query_partitions: must be >= 0"),
+        (cfg.embed.batch_size >= 1, "embed.batch_size: must be >= 1"),
+        (cfg.embed.partitions >= 0, "embed.partitions: must be >= 0"),
         (cfg.evaluate.sample >= 1, "evaluate.sample: must be >= 1"),
+        (cfg.evaluate.block_rows >= 1, "evaluate.block_rows: must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,0 +1,169 @@
+"""Spark preprocess against the seed projects' way (pandas read_csv + pandas string ops), same file, same run.
+
+    python bench/preprocess.py [--rows 551443] [--scales 1,2,4] [--skip-pandas]
+
+Generates the stand-in CSV under data/bench/ once (reused when present with the same rows and seed),
+times ``songrec.preprocess.preprocess`` in-process on ``local[*]``, then the single-process pandas
+baseline (parse the same columns, drop duplicates), and prints rows/s, the ratio, and peak resident
+memory (this process + children, which includes the Spark JVM). ``--scales`` repeats the Spark timing
+on files of 2x, 4x ... the rows to show how time grows with size.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+from songrec.config import load_config  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process plus its finished-or-waited children (Linux: KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024
+
+
+def jvm_rss_mb(spark) -> float:
+    """Current resident set of the Spark driver JVM (local mode: the whole cluster)."""
+    pid = spark._jvm.java.lang.ProcessHandle.current().pid()
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):  # peak resident set of the JVM
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ensure_file(spark, rows: int, seed: int) -> Path:
+    """data/bench/rows-N-seed-S/spotify_dataset.csv, generated once."""
+    from songrec.generate import generate
+
+    base = ROOT / "data" / "bench" / f"rows-{rows}-seed-{seed}"
+    cfg = load_config(None, [f"input={base / 'spotify_dataset.csv'}", f"root={base / 'gen'}",
+                             f"generate.rows={rows}", f"generate.seed={seed}"])  # fmt: skip
+    path = Path(cfg.input)
+    if not path.exists():
+        generate(spark, cfg)
+    return path
+
+
+def pandas_baseline(path: Path) -> tuple[float, int, int]:
+    """The seed way: pandas read_csv, then per-column pandas string parsing and drop_duplicates."""
+    import pandas as pd
+
+    start = time.perf_counter()
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], on_bad_lines="skip", engine="c")
+    read = len(df)
+    out = pd.DataFrame()
+    minutes = df["Length"].str.extract(r"^(\d+):(\d\d)$").astype(float)
+    out["length_s"] = minutes[0] * 60 + minutes[1]
+    date = df["Release Date"].str.replace(r"(\d)(st|nd|rd|th)\b", r"\1", regex=True)
+    out["release_date"] = pd.to_datetime(date, format="%d %B %Y", errors="coerce")
+    out["release_year"] = out["release_date"].dt.year
+    key = df["Key"].str.extract(r"^([A-G]#?)\s*(Maj|min)$")
+    out["key_pitch"] = key[0].map({p: i for i, p in enumerate("C C# D D# E F F# G G# A A# B".split())})
+    out["key_mode"] = key[1].str.lower()
+    out["loudness_db"] = pd.to_numeric(df["Loudness (db)"].str.replace("db", "", regex=False), errors="coerce")
+    out["time_signature"] = pd.to_numeric(df["Time signature"].str.split("/").str[0], errors="coerce")
+    out["explicit"] = df["Explicit"].str.lower().eq("yes")
+    for col in ["Tempo", "Popularity", "Energy", "Danceability", "Positiveness", "Speechiness", "Liveness",
+                "Acousticness", "Instrumentalness"]:  # fmt: skip
+        out[col.lower()] = pd.to_numeric(df[col], errors="coerce")
+    for col in [c for c in df.columns if c.startswith("Good for")]:
+        out[col] = pd.to_numeric(df[col], errors="coerce")
+    out["artists"] = df["Artist(s)"].str.split(",")
+    out["artist"] = out["artists"].str[0].str.strip().str.lower()
+    out["title"] = df["song"].str.strip().str.lower()
+    out["genres"] = df["Genre"].str.split(",")
+    out["emotion"] = df["emotion"].str.lower().replace({"angry": "anger"})
+    clean = out.drop_duplicates(subset=["artist", "title"])
+    return time.perf_counter() - start, read, len(clean)
+
+
+def spark_run(spark, path: Path, work: Path) -> tuple[float, dict]:
+    from songrec.preprocess import preprocess
+
+    cfg = load_config(None, [f"input={path}", f"root={work}"])
+    start = time.perf_counter()
+    result = preprocess(spark, cfg)
+    return time.perf_counter() - start, result
+
+
+def scaled_file(path: Path, factor: int) -> Path:
+    """The file repeated ``factor`` times (one header): the same rows, so the work per row is the same."""
+    if factor == 1:
+        return path
+    out = path.with_name(f"x{factor}.csv")
+    if not out.exists():
+        with path.open("rb") as src:
+            header = src.readline()
+            body = src.read()
+        with out.open("wb") as dst:
+            dst.write(header)
+            for _ in range(factor):
+                dst.write(body)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=551443)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--scales", default="1", help="comma-separated multiples of --rows for the Spark timing")
+    parser.add_argument("--skip-pandas", action="store_true")
+    args = parser.parse_args(argv)
+    scales = [int(s) for s in args.scales.split(",") if s.strip()]
+
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[*]").appName("bench-preprocess")
+        .config("spark.driver.memory", "6g").config("spark.ui.enabled", "false")
+        .config("spark.sql.ansi.enabled", "true").config("spark.sql.shuffle.partitions", "16")
+        .getOrCreate()
+    )  # fmt: skip
+    spark.sparkContext.setLogLevel("WARN")
+    path = ensure_file(spark, args.rows, args.seed)
+    size_mb = path.stat().st_size / 1e6
+    print(f"input: {path} ({size_mb:.0f} MB, {args.rows} rows), {os.cpu_count()} cores, Spark {spark.version}")
+
+    results = []
+    for factor in scales:
+        scaled = scaled_file(path, factor)
+        seconds, result = spark_run(spark, scaled, path.parent / f"run-x{factor}")
+        results.append((factor, seconds, result))
+        print(f"spark x{factor}: {seconds:.1f} s, {result['read'] / seconds:,.0f} rows/s, steps {result['timings']}")
+    jvm_mb = jvm_rss_mb(spark)
+    spark.stop()
+
+    base_seconds = None
+    if not args.skip_pandas:
+        base_seconds, read, clean = pandas_baseline(path)
+
+    spark_1x = next(s for f, s, _ in results if f == scales[0])
+    rows_1x = args.rows * scales[0]
+    print()
+    print(f"{'run':<28}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'vs pandas':>11}")
+    if base_seconds is not None:
+        label = "pandas (seed way, 1 proc)"
+        print(f"{label:<28}{read:>12,}{base_seconds:>10.1f}{read / base_seconds:>12,.0f}{1.0:>11.2f}")
+    for factor, seconds, result in results:
+        ratio = f"{seconds / base_seconds / factor:>11.2f}" if base_seconds else f"{'-':>11}"
+        print(f"{'spark preprocess x' + str(factor):<28}{result['read']:>12,}{seconds:>10.1f}"
+              f"{result['read'] / seconds:>12,.0f}{ratio}")  # fmt: skip
+    if len(results) > 1:
+        growth = ", ".join(f"x{f}: {s / spark_1x:.2f}" for f, s, _ in results)
+        print(f"time relative to x{scales[0]} (linear = the factor): {growth}")
+    print(f"spark x{scales[0]} / pandas time: " + (f"{spark_1x / base_seconds:.2f}" if base_seconds else "n/a")
+          + f" for {rows_1x:,} rows")  # fmt: skip
+    print(f"peak RSS: python {peak_rss_mb():,.0f} MB (self + children), Spark JVM {jvm_mb:,.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

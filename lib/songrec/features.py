@@ -1,0 +1,179 @@
+"""Model inputs from clean songs: vocabularies, normalisation statistics and feature vectors.
+
+All per-row work is Spark built-ins or JVM ML transformers (no Python UDFs); only the small
+vocabulary and statistics results are collected to the driver.
+"""
+
+import logging
+from typing import Any
+
+from pyspark.ml.feature import IDF, HashingTF
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from songrec import schema
+from songrec.config import Config
+
+log = logging.getLogger(__name__)
+
+# Section tags such as "[Verse 1]" say nothing about a song's words.
+_TAG = r"\[[^\]]*\]"
+_NON_WORD = r"[^\p{L}\p{N}']+"
+
+
+def lyrics_vector(df: DataFrame, text_col: str, dim: int, out_col: str) -> DataFrame:
+    """Add ``out_col``: the hashed term counts of ``text_col`` in ``dim`` buckets (an ML sparse vector).
+
+    Words are lower-cased runs of letters, digits and apostrophes; ``[Verse 1]`` tags are dropped.
+    Uses Spark ML's HashingTF (MurmurHash3, stable across runs). :func:`lyrics_weighted` turns the
+    counts into the model input once the catalogue's IDF is known (:func:`lyrics_idf`).
+    """
+    words = F.split(F.lower(F.regexp_replace(F.coalesce(F.col(text_col), F.lit("")), _TAG, " ")), _NON_WORD)
+    df = df.withColumn("_words", F.array_remove(words, ""))
+    return HashingTF(inputCol="_words", outputCol=out_col, numFeatures=dim).transform(df).drop("_words")
+
+
+def lyrics_idf(songs: DataFrame, col: str) -> list[float]:
+    """Inverse document frequency of each hash bucket over the catalogue, ``log((n + 1) / (df + 1))``."""
+    model = IDF(inputCol=col, outputCol="_idf").fit(songs)
+    return [round(float(w), 6) for w in model.idf]
+
+
+def lyrics_weighted(df: DataFrame, col: str, idf: list[float]) -> DataFrame:
+    """Replace ``col`` (hashed counts) by sublinear TF-IDF, L2-normalised, as ``array<float>``.
+
+    Why not raw counts: a song's few topic words are what sets it apart, and common words fill every
+    lyric; measured on 50k generated songs (256 buckets), lyrics alone found 0.18 of the planted
+    similar songs with ``log1p(tf) * idf`` against 0.05 with raw counts. A song without words gets
+    all zeros. The norm is its own column so that it is computed once per row, not per element.
+    """
+    weights = F.array(*[F.lit(float(w)) for w in idf])
+    tf = vector_to_array(col, dtype="float32")
+    df = df.withColumn("_w", F.zip_with(F.transform(tf, lambda x: F.log1p(x)), weights, lambda a, b: a * b))
+    df = df.withColumn("_norm", F.sqrt(F.aggregate("_w", F.lit(0.0).cast("double"), lambda acc, x: acc + x * x)))
+    unit = F.transform("_w", lambda x: (x / F.greatest(F.col("_norm"), F.lit(1e-12))).cast("float"))
+    return df.withColumn(col, unit).drop("_w", "_norm")
+
+
+def build_vocab(counts: list[tuple[str, int]], max_size: int | None = None, min_count: int = 1) -> list[str]:
+    """``[(token, count)]`` -> ``["<unk>", most frequent, ...]``; ties broken by token.
+
+    Args:
+        counts: token frequencies (tokens unique, no NULL).
+        max_size: keep at most this many tokens (besides ``<unk>``).
+        min_count: drop tokens seen fewer times.
+    """
+    ordered = sorted(
+        (c for c in counts if c[1] >= min_count and c[0] != schema.UNKNOWN_TOKEN), key=lambda c: (-c[1], c[0])
+    )
+    if max_size is not None:
+        ordered = ordered[:max_size]
+    return [schema.UNKNOWN_TOKEN, *[token for token, _ in ordered]]
+
+
+def _counts(df: DataFrame, column: Column) -> list[tuple[str, int]]:
+    rows = df.select(column.alias("t")).where(F.col("t").isNotNull()).groupBy("t").count().collect()
+    return [(r["t"], int(r["count"])) for r in rows]
+
+
+def vocabularies(songs: DataFrame, cfg: Config) -> dict[str, list[str]]:
+    """Artist (primary, capped), genre (every token) and emotion vocabularies of the clean songs."""
+    pre = cfg.preprocess
+    vocab = {
+        "artist": build_vocab(_counts(songs, F.col("artist")), pre.max_artists, pre.min_artist_count),
+        "genre": build_vocab(_counts(songs, F.explode("genres"))),
+        # "unknown" emotions map to index 0 with every other unknown, so it is not a token of its own.
+        "emotion": build_vocab(_counts(songs, F.when(F.col("emotion") != schema.UNKNOWN_EMOTION, F.col("emotion")))),
+    }
+    log.info("vocabulary sizes: %s", {k: len(v) for k, v in vocab.items()})
+    return vocab
+
+
+def numeric_columns() -> dict[str, Column]:
+    """``schema.NUMERIC_FEATURES`` as double Columns of a songs/ frame (booleans 0/1, key one-hot)."""
+    songs_cols = {f.name for f in schema.SONGS.fields}
+    columns: dict[str, Column] = {}
+    for name in schema.NUMERIC_FEATURES:
+        if name == "key_major":
+            expr = (F.col("key_mode") == "major").cast("double")
+        elif name.startswith("key_") and name[4:].isdigit():
+            expr = (F.col("key_pitch") == int(name[4:])).cast("double")
+        elif name in songs_cols:
+            expr = F.col(name).cast("double")  # int/double/boolean -> double never fails
+        else:
+            raise KeyError(f"numeric feature {name!r} has no source column in songs/")
+        columns[name] = expr
+    return columns
+
+
+def numeric_stats(songs: DataFrame) -> dict[str, Any]:
+    """Mean, population std, min, max and null count of every numeric feature, in one Spark pass."""
+    aggs = []
+    for name, expr in numeric_columns().items():
+        aggs += [
+            F.avg(expr).alias(f"{name}|mean"),
+            F.stddev_pop(expr).alias(f"{name}|std"),
+            F.min(expr).alias(f"{name}|min"),
+            F.max(expr).alias(f"{name}|max"),
+            F.count_if(expr.isNull()).alias(f"{name}|nulls"),
+        ]
+    row = songs.agg(*aggs).first().asDict()
+    stats = {}
+    for name in schema.NUMERIC_FEATURES:
+        entry = {k: row[f"{name}|{k}"] for k in ("mean", "std", "min", "max", "nulls")}
+        entry = {k: (float(v) if v is not None else None) for k, v in entry.items()}
+        entry["nulls"] = int(entry["nulls"] or 0)
+        stats[name] = entry
+    return {"numeric": stats}
+
+
+def split_col(song_id: Column, val_fraction: float) -> Column:
+    """``"val"`` when ``pmod(xxhash64(song_id), 10000) < val_fraction * 10000``, else ``"train"``."""
+    bucket = F.pmod(F.xxhash64(song_id), F.lit(10000))
+    return F.when(bucket < int(round(val_fraction * 10000)), "val").otherwise("train")
+
+
+def _lookup(tokens: list[str], key: Column) -> Column:
+    """Index of ``key`` in ``tokens`` (a small vocabulary, as a literal map); 0 when absent or NULL."""
+    if len(tokens) <= 1:
+        return F.lit(0)
+    mapping = F.create_map(*[F.lit(x) for i, t in enumerate(tokens[1:], 1) for x in (t, i)])
+    return F.coalesce(F.try_element_at(mapping, key), F.lit(0))
+
+
+def feature_frame(
+    spark: SparkSession, songs: DataFrame, vocab: dict[str, list[str]], stats: dict[str, Any], cfg: Config
+) -> DataFrame:
+    """songs/ rows (plus the ``lyrics`` vector column) -> the features/ table (``schema.FEATURES``).
+
+    Numeric features are standardised with ``stats`` (NULL -> 0 = the mean; a constant column has
+    std 1 so it becomes all zeros); genres become a multi-hot over ``vocab["genre"]`` whose
+    position 0 is set when a genre is not in the vocabulary.
+    """
+    numeric = []
+    for name, expr in numeric_columns().items():
+        s = stats["numeric"][name]
+        mean = s["mean"] if s["mean"] is not None else 0.0
+        std = s["std"] if s["std"] else 1.0
+        numeric.append(F.coalesce(((expr - F.lit(mean)) / F.lit(std)).cast("float"), F.lit(0.0).cast("float")))
+
+    genres = vocab["genre"]
+    known = F.array(*[F.lit(g) for g in genres[1:]]) if len(genres) > 1 else F.array().cast("array<string>")
+    multi_hot = [F.size(F.array_except("genres", known)) > 0]
+    multi_hot += [F.array_contains("genres", g) for g in genres[1:]]
+
+    artists = spark.createDataFrame(
+        [(a, i) for i, a in enumerate(vocab["artist"][1:], 1)], "artist string, artist_idx int"
+    )
+    df = lyrics_weighted(songs.join(F.broadcast(artists), "artist", "left"), "lyrics", stats["lyrics_idf"])
+    return df.select(
+        F.col("song_id"),
+        split_col(F.col("song_id"), cfg.preprocess.val_fraction).alias("split"),
+        F.array(*numeric).alias("numeric"),
+        F.array(*[h.cast("float") for h in multi_hot]).alias("genres"),
+        F.col("lyrics"),
+        F.coalesce(F.col("artist_idx"), F.lit(0)).alias("artist_idx"),
+        _lookup(genres, F.col("genre")).cast("int").alias("genre_idx"),
+        _lookup(vocab["emotion"], F.col("emotion")).cast("int").alias("emotion_idx"),
+    )

@@ -1,0 +1,307 @@
+"""Raw CSV cells -> typed values, as Spark Column expressions.
+
+Every parser takes the raw string column and returns a Column that is NULL when the cell is empty
+*or* does not parse; :func:`parse_rows` tells the two apart (a non-empty cell that parsed to NULL is
+a reject). Everything here is a Spark built-in (no Python UDFs), and every conversion of untrusted
+text goes through ``try_cast`` / ``try_to_timestamp`` because Spark 4 runs in ANSI mode, where a
+plain ``cast`` of a malformed value fails the whole job.
+"""
+
+import re
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from songrec import schema
+
+CORRUPT_COLUMN = "_corrupt_record"  # Spark's raw line of a row with the wrong number of fields
+SOURCE_COLUMN = "source_file"
+
+# Natural pitch classes; a sharp adds one, a flat takes one away (mod 12).
+PITCH_CLASS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+# Plausible ranges: a value outside is as unusable as one that does not parse (bad_number).
+TEMPO_RANGE = (0, 300)
+LOUDNESS_RANGE = (-100.0, 20.0)
+PERCENT_RANGE = (0, 100)
+SCORE_RANGE = (0.0, 1.0)
+BEATS_RANGE = (1, 16)
+YEAR_RANGE = (1900, 2100)
+
+_DAY_MONTH_YEAR = r"^\d{1,2} [A-Za-z]+ \d{4}$"  # 29 April 2013 (after dropping the ordinal suffix)
+_MONTH_DAY_YEAR = r"^[A-Za-z]+ \d{1,2}, \d{4}$"  # April 29, 2013
+_ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"  # 2013-04-29
+_YEAR_ONLY = r"^\d{4}$"  # 2013
+
+
+def cell(c: Column) -> Column:
+    """The trimmed cell, NULL when empty or blank (empty input cells are nulls, not rejects)."""
+    trimmed = F.trim(c)
+    return F.when(trimmed != "", trimmed)
+
+
+def normalise_name_col(c: Column) -> Column:
+    """Lower case, trimmed, inner whitespace collapsed (the key for song_id)."""
+    return F.lower(F.trim(F.regexp_replace(c, r"\s+", " ")))
+
+
+def normalise_name(text: str) -> str:
+    """Pure-Python twin of :func:`normalise_name_col` (for tests and drivers)."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def split_list(c: Column) -> Column:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: split on commas, trimmed, empty tokens dropped."""
+    # Regex trims instead of transform(..., trim): lambdas cannot be code-generated and run ~10x slower.
+    tidy = F.regexp_replace(F.regexp_replace(F.coalesce(c, F.lit("")), r"\s*,\s*", ","), r"^\s+|\s+$", "")
+    return F.array_remove(F.split(tidy, ","), "")
+
+
+def primary(c: Column) -> Column:
+    """The first non-empty token of a comma-joined list (NULL when there is none)."""
+    return F.get(split_list(c), 0)
+
+
+def song_id_col(artist_col: Column | str, title_col: Column | str) -> Column:
+    """The stable song id: ``xxhash64(normalised primary artist + U+0001 + normalised title)``.
+
+    ``artist_col`` may be the raw comma-joined ``Artist(s)`` cell or an already-primary artist: the
+    first comma token is taken either way, so a "Similar Artist" resolves to the same id as the song
+    whose primary artist it names. xxhash64 (seed 42) is stable across Spark versions and runs.
+    """
+    artist = normalise_name_col(primary(F.col(artist_col) if isinstance(artist_col, str) else artist_col))
+    title = normalise_name_col(F.col(title_col) if isinstance(title_col, str) else title_col)
+    return F.xxhash64(F.concat_ws("\u0001", artist, title))
+
+
+def length_seconds(c: Column) -> Column:
+    """``"03:47"`` -> 227; ``"1:02:03"`` (H:MM:SS) also accepted; anything else NULL."""
+    s = cell(c)
+    pattern = r"^(?:(\d{1,2}):)?(\d{1,3}):([0-5]\d)$"
+    ok = s.rlike(pattern)
+    hours = F.coalesce(F.regexp_extract(s, pattern, 1).try_cast("int"), F.lit(0))
+    minutes = F.regexp_extract(s, pattern, 2).try_cast("int")
+    seconds = F.regexp_extract(s, pattern, 3).try_cast("int")
+    return F.when(ok, hours * 3600 + minutes * 60 + seconds)
+
+
+def release_date(c: Column) -> tuple[Column, Column]:
+    """Release Date -> ``(date, year)``.
+
+    Accepts ``29th April 2013``, ``April 29, 2013`` (full or short month names, any case),
+    ``2013-04-29`` and ``2013`` alone (year only, date NULL). A year outside 1900-2100 or an
+    impossible day (``31st February``) gives NULL for both.
+    """
+    s = F.regexp_replace(cell(c), r"(\d)(st|nd|rd|th)\b", "$1")
+    s = F.regexp_replace(s, r"\s+", " ")
+
+    def parsed(fmt_full: str, fmt_short: str) -> Column:
+        return F.coalesce(F.try_to_timestamp(s, F.lit(fmt_full)), F.try_to_timestamp(s, F.lit(fmt_short)))
+
+    ts = (
+        F.when(s.rlike(_DAY_MONTH_YEAR), parsed("d MMMM yyyy", "d MMM yyyy"))
+        .when(s.rlike(_MONTH_DAY_YEAR), parsed("MMMM d, yyyy", "MMM d, yyyy"))
+        .when(s.rlike(_ISO_DATE), F.try_to_timestamp(s, F.lit("yyyy-MM-dd")))
+    )
+    date = ts.cast("date")  # timestamp -> date is total (no ANSI failure)
+    year = F.when(s.rlike(_YEAR_ONLY), s.try_cast("int")).otherwise(F.year(date))
+    ok = year.between(*YEAR_RANGE)
+    return F.when(ok, date), F.when(ok, year)
+
+
+def key_parts(c: Column) -> tuple[Column, Column]:
+    """Key ``"A# Maj"`` / ``"D min"`` -> ``(pitch class 0-11, "major" | "minor")``; NULLs otherwise."""
+    pattern = r"(?i)^([A-G])([#b]?)\s*(maj|min|major|minor)$"
+    s = cell(c)
+    ok = s.rlike(pattern)
+    letter = F.upper(F.regexp_extract(s, pattern, 1))
+    accidental = F.regexp_extract(s, pattern, 2)
+    natural = F.coalesce(*[F.when(letter == name, F.lit(pc)) for name, pc in PITCH_CLASS.items()])
+    shift = F.when(accidental == "#", 1).when(accidental == "b", -1).otherwise(0)
+    mode = F.when(F.lower(F.regexp_extract(s, pattern, 3)).startswith("maj"), "major").otherwise("minor")
+    return F.when(ok, F.pmod(natural + shift, F.lit(12))), F.when(ok, mode)
+
+
+def bounded_double(c: Column, low: float, high: float) -> Column:
+    """A finite double within ``[low, high]``, else NULL (NaN, 1e309, text are all NULL)."""
+    d = cell(c).try_cast("double")
+    return F.when(~F.isnan(d) & d.between(low, high), d)
+
+
+def bounded_int(c: Column, low: int, high: int) -> Column:
+    """An integer within ``[low, high]`` (``"55"`` or ``"55.0"``), else NULL."""
+    d = bounded_double(c, low, high)
+    return F.when(d == F.floor(d), d.cast("int"))
+
+
+def loudness_db(c: Column) -> Column:
+    """``"-6.85db"`` (unit optional, any case) -> -6.85 within a plausible range."""
+    s = cell(c)
+    number = F.regexp_extract(s, r"(?i)^([-+]?\d+(?:\.\d+)?)\s*(?:db)?$", 1)
+    return bounded_double(F.when(number != "", number), *LOUDNESS_RANGE)
+
+
+def time_signature(c: Column) -> Column:
+    """``"4/4"`` -> 4 (beats per bar); a plain ``"3"`` is accepted too."""
+    s = cell(c)
+    beats = F.regexp_extract(s, r"^(\d{1,2})\s*(?:/\s*\d{1,2})?$", 1)
+    return bounded_int(F.when(beats != "", beats), *BEATS_RANGE)
+
+
+def yes_no(c: Column) -> Column:
+    """``Yes``/``No`` (also true/false, 1/0, any case) -> boolean; anything else NULL."""
+    s = F.lower(cell(c))
+    return F.when(s.isin("yes", "true", "1"), True).when(s.isin("no", "false", "0"), False)
+
+
+def zero_one(c: Column) -> Column:
+    """A 0/1 flag (``"1.0"`` and true/false accepted) -> boolean; anything else NULL."""
+    s = F.lower(cell(c))
+    return F.when(s.isin("1", "1.0", "true"), True).when(s.isin("0", "0.0", "false"), False)
+
+
+def emotion(c: Column) -> Column:
+    """Lower-cased label; ``angry`` -> anger; not one of the six labels (or empty) -> ``unknown``."""
+    s = F.lower(cell(c))
+    s = F.when(s == "angry", "anger").otherwise(s)
+    return F.when(s.isin(*schema.EMOTIONS), s).otherwise(F.lit(schema.UNKNOWN_EMOTION))
+
+
+def field_count(line: Column) -> Column:
+    """Fields in a raw CSV line: commas outside double quotes, plus one."""
+    return F.size(F.split(line, r',(?=(?:[^"]*+"[^"]*+")*+[^"]*+$)'))
+
+
+def raw_field(name: str) -> str:
+    """Internal name of raw column ``name`` (Spark names are case-insensitive: "Album" would clash with "album")."""
+    return f"_raw{schema.RAW_COLUMNS.index(name)}"
+
+
+def _raw(name: str) -> Column:
+    return F.col(raw_field(name))
+
+
+def _typed_columns() -> dict[str, Column]:
+    """Every typed column parsed from the raw cells (NULL = empty or unparseable)."""
+    date, year = release_date(_raw("Release Date"))
+    pitch, mode = key_parts(_raw("Key"))
+    columns = {
+        "artists": split_list(_raw("Artist(s)")),
+        "title": cell(_raw("song")),
+        "album": cell(_raw("Album")),
+        "genres": split_list(_raw("Genre")),
+        "emotion": emotion(_raw("emotion")),
+        "release_date": date,
+        "release_year": year,
+        "length_s": length_seconds(_raw("Length")),
+        "key": cell(_raw("Key")),
+        "key_pitch": pitch,
+        "key_mode": mode,
+        "tempo": bounded_int(_raw("Tempo"), *TEMPO_RANGE),
+        "loudness_db": loudness_db(_raw("Loudness (db)")),
+        "time_signature": time_signature(_raw("Time signature")),
+        "explicit": yes_no(_raw("Explicit")),
+    }
+    columns |= {name: bounded_int(_raw(raw), *PERCENT_RANGE) for raw, name in schema.PERCENT_COLUMNS.items()}
+    columns |= {name: zero_one(_raw(raw)) for raw, name in schema.GOOD_FOR_COLUMNS.items()}
+    for i in (1, 2, 3):
+        columns[f"_sim_artist{i}"] = cell(_raw(f"Similar Artist {i}"))
+        columns[f"_sim_title{i}"] = cell(_raw(f"Similar Song {i}"))
+        columns[f"_sim_score{i}"] = bounded_double(_raw(f"Similarity Score {i}"), *SCORE_RANGE)
+    return columns
+
+
+def _checks() -> list[tuple[str, str, str]]:
+    """``(reason, raw column, typed column)`` in priority order: the first failing check names the reject."""
+    checks = [
+        ("bad_length", "Length", "length_s"),
+        ("bad_date", "Release Date", "release_year"),
+        ("bad_key", "Key", "key_pitch"),
+        ("bad_number", "Tempo", "tempo"),
+        ("bad_number", "Loudness (db)", "loudness_db"),
+        ("bad_number", "Time signature", "time_signature"),
+    ]
+    checks += [("bad_number", raw, name) for raw, name in schema.PERCENT_COLUMNS.items()]
+    checks += [("bad_number", f"Similarity Score {i}", f"_sim_score{i}") for i in (1, 2, 3)]
+    checks += [("bad_flag", "Explicit", "explicit")]
+    checks += [("bad_flag", raw, name) for raw, name in schema.GOOD_FOR_COLUMNS.items()]
+    return checks
+
+
+def _drop_nulls(array: Column, element_type: T.DataType) -> Column:
+    """``array`` without NULL elements (array_compact is a lambda underneath, which defeats code generation)."""
+    return F.array_except(array, F.array(F.lit(None).cast(element_type)))
+
+
+def parse_rows(raw: DataFrame) -> DataFrame:
+    """Raw rows (the 39 string columns named by :func:`raw_field`, ``_corrupt_record``, ``source_file``) -> typed rows.
+
+    The result has the songs/ columns except ``similar_song_ids``, plus ``text`` (the lyrics),
+    ``reason`` / ``detail`` / ``raw`` (NULL for a clean row; see ``schema.REJECT_REASONS``), and two
+    dedupe keys: ``_filled`` (non-empty cells) and ``_row_hash`` (hash of every raw cell).
+    """
+    raw_cols = [_raw(name) for name in schema.RAW_COLUMNS]
+    typed = raw.select(
+        *raw_cols, F.col(CORRUPT_COLUMN), F.col(SOURCE_COLUMN),
+        *[expr.alias(name) for name, expr in _typed_columns().items()],
+    )  # fmt: skip
+
+    # The first failing check names the reject. Its number is computed once in its own projection (so
+    # Spark does not inline the typed parsers into every use), and reason, column and value are small
+    # CASEs on that number: one message per check would push the generated code past the JVM's 64 KB
+    # method limit and off code generation (about 5x slower). element_at over literal arrays indexed by
+    # the number looks neater but returned wrong values under whole-stage codegen in Spark 4.0.5.
+    checks = [("malformed_row", "", F.col(CORRUPT_COLUMN).isNotNull())]
+    checks += [("missing_required", "Artist(s)", F.get("artists", 0).isNull())]
+    checks += [("missing_required", "song", F.col("title").isNull())]
+    for reason_code, raw_name, name in _checks():
+        blank = F.coalesce(F.trim(_raw(raw_name)) == "", F.lit(True))  # empty cells are nulls, not rejects
+        checks.append((reason_code, raw_name, ~blank & F.col(name).isNull()))
+    typed = typed.withColumn("_bad", F.coalesce(*[F.when(bad, F.lit(i)) for i, (_, _, bad) in enumerate(checks)]))
+    bad_no = F.col("_bad")
+    reason = F.coalesce(*[F.when(bad_no == i, F.lit(code)) for i, (code, _, _) in enumerate(checks)])
+    column = F.coalesce(*[F.when(bad_no == i, F.lit(name)) for i, (_, name, _) in enumerate(checks) if name])
+    value = F.coalesce(*[F.when(bad_no == i, _raw(name)) for i, (_, name, _) in enumerate(checks) if name])
+    fields = field_count(F.col(CORRUPT_COLUMN))
+    detail = (
+        F.when(reason == "malformed_row",
+               F.format_string("row has %d fields, expected %d", fields, F.lit(len(schema.RAW_COLUMNS))))
+        .when(value.isNull() | (F.trim(value) == ""), F.format_string("column '%s' is empty", column))
+        .otherwise(F.format_string("column '%s' has unusable value '%s'", column, F.substring(F.trim(value), 1, 120)))
+    )  # fmt: skip
+    raw_text = F.coalesce(F.col(CORRUPT_COLUMN), F.to_json(F.struct(*[_raw(n).alias(n) for n in schema.RAW_COLUMNS])))
+
+    similar = [
+        F.when(
+            F.col(f"_sim_artist{i}").isNotNull() | F.col(f"_sim_title{i}").isNotNull(),
+            F.struct(
+                F.col(f"_sim_artist{i}").alias("artist"),
+                F.col(f"_sim_title{i}").alias("title"),
+                F.col(f"_sim_score{i}").alias("score"),
+            ),
+        )
+        for i in (1, 2, 3)
+    ]
+    similar_ids = [
+        F.when(F.col(f"_sim_artist{i}").isNotNull() & F.col(f"_sim_title{i}").isNotNull(),
+               song_id_col(f"_sim_artist{i}", f"_sim_title{i}")).alias(f"_sim_id{i}")
+        for i in (1, 2, 3)
+    ]  # fmt: skip
+    filled = sum(F.when(c.isNotNull(), 1).otherwise(0) for c in raw_cols)
+    typed_names = [c for c in _typed_columns() if not c.startswith("_sim_")]
+    return typed.select(
+        song_id_col(F.get("artists", 0), F.col("title")).alias("song_id"),
+        F.get("artists", 0).alias("artist"),
+        F.get("genres", 0).alias("genre"),
+        *typed_names,
+        _drop_nulls(F.array(*similar), schema.SONGS["similar_songs"].dataType.elementType).alias("similar_songs"),
+        *similar_ids,
+        F.col(SOURCE_COLUMN),
+        _raw("text").alias("text"),
+        reason.alias("reason"),
+        F.when(reason.isNotNull(), detail).alias("detail"),
+        F.when(reason.isNotNull(), raw_text).alias("raw"),
+        filled.alias("_filled"),
+        F.xxhash64(*raw_cols).alias("_row_hash"),
+    )

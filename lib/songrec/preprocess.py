@@ -1,0 +1,325 @@
+"""The preprocess stage: raw CSV -> songs/, features/, rejects/, meta/ (see docs/design.md).
+
+read (header-checked files) -> parse (typed columns, a reject reason per bad row) -> rejects/ ->
+dedupe by song_id -> vocabularies + statistics -> songs/ and features/ -> meta/ -> commit. Every
+table is written to a staging location first and committed only when all of them are complete,
+so a failed run leaves the previous outputs as they were.
+"""
+
+import codecs
+import csv
+import logging
+import math
+import time
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from songrec import features, io, parse, schema
+from songrec.config import Config, ConfigError
+from songrec.errors import InputError
+
+log = logging.getLogger(__name__)
+
+HEAD_BYTES = 1 << 16  # enough for the header line and the start of the first row
+# Spark's CSV reader flags a row with the wrong number of fields only when it tokenises every column;
+# with column pruning on, a short or long row whose missing fields are not selected passes as clean.
+CSV_PRUNING_CONF = "spark.sql.csv.parser.columnPruning.enabled"
+
+
+def _hadoop(spark: SparkSession, uri: str) -> tuple[Any, Any]:
+    path = spark._jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark._jsc.hadoopConfiguration()), path
+
+
+def list_input_files(spark: SparkSession, uri: str) -> list[str]:
+    """The data files of ``uri`` (a file, or a folder of files; names starting ``_`` or ``.`` skipped).
+
+    Raises:
+        InputError: the path does not exist, or the folder holds no data files or a sub-folder.
+    """
+    fs, path = _hadoop(spark, uri)
+    if not fs.exists(path):
+        raise InputError(f"input {uri} does not exist (set `input` to a CSV file or a folder of them)")
+    status = fs.getFileStatus(path)
+    if not status.isDirectory():
+        return [status.getPath().toString()]
+    files, folders = [], []
+    for child in fs.listStatus(path):
+        name = child.getPath().getName()
+        if name.startswith(("_", ".")):
+            continue
+        (folders if child.isDirectory() else files).append(child.getPath().toString())
+    if folders:
+        raise InputError(f"input folder {uri} holds sub-folders {sorted(folders)}; put the CSV files directly in it")
+    if not files:
+        raise InputError(f"input folder {uri} holds no data files")
+    return sorted(files)
+
+
+def _read_head(spark: SparkSession, uri: str) -> tuple[bytes, bool]:
+    """The first HEAD_BYTES of a file (decompressed when the name says so) and whether that is all of it."""
+    fs, path = _hadoop(spark, uri)
+    conf = spark._jsc.hadoopConfiguration()
+    codec = spark._jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(path)
+    stream = fs.open(path)
+    try:
+        reader = codec.createInputStream(stream) if codec is not None else stream
+        data = bytes(reader.readNBytes(HEAD_BYTES + 1))
+    finally:
+        stream.close()
+    return data[:HEAD_BYTES], len(data) <= HEAD_BYTES
+
+
+def check_input_file(spark: SparkSession, uri: str, encoding: str) -> None:
+    """Fail early, naming the file, when it is empty, not text, or its header is not the 39 raw columns.
+
+    Raises:
+        InputError: naming the file and the problem (missing/unexpected/reordered columns listed).
+    """
+    data, complete = _read_head(spark, uri)
+    if not data.strip():
+        raise InputError(f"input file {uri} is empty (expected a header line and rows)")
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    except LookupError:
+        raise ConfigError(f"preprocess.encoding: unknown encoding {encoding!r}") from None
+    if b"\x00" in data and not encoding.lower().replace("-", "").startswith(("utf16", "utf32")):
+        raise InputError(f"input file {uri} is not a text file (it holds NUL bytes)")
+    try:
+        text = decoder.decode(data, final=complete)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"input file {uri} is not {encoding} text (undecodable byte at offset {exc.start}); "
+            "set preprocess.encoding if it is text in another encoding"
+        ) from None
+    text = text.lstrip("\ufeff")
+    header_line, newline, rest = text.partition("\n")
+    if not newline and not complete:
+        raise InputError(f"input file {uri}: no header line in the first {HEAD_BYTES} bytes")
+    header = [h.strip() for h in next(csv.reader([header_line.rstrip("\r")]))] if header_line.strip() else []
+    missing = [c for c in schema.RAW_COLUMNS if c not in header]
+    unexpected = [c for c in header if c not in schema.RAW_COLUMNS]
+    if missing or unexpected:
+        raise InputError(
+            f"input file {uri}: header does not match the {len(schema.RAW_COLUMNS)} expected columns; "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    if header != schema.RAW_COLUMNS:
+        moved = next(c for c, e in zip(header, schema.RAW_COLUMNS, strict=False) if c != e)
+        raise InputError(f"input file {uri}: header has the expected columns in another order (first: {moved!r})")
+    if complete and not rest.strip():
+        raise InputError(f"input file {uri} has a header but no rows")
+
+
+def read_raw(spark: SparkSession, files: list[str], cfg: Config) -> DataFrame:
+    """The raw rows of ``files`` as strings, with ``_corrupt_record`` and ``source_file``."""
+    fields = [T.StructField(parse.raw_field(c), T.StringType(), True) for c in schema.RAW_COLUMNS]
+    fields.append(T.StructField(parse.CORRUPT_COLUMN, T.StringType(), True))
+    reader = spark.read.schema(T.StructType(fields)).options(
+        header=True,
+        enforceSchema=True,  # the header was checked by name in check_input_file
+        quote='"',
+        escape='"',  # RFC 4180 doubled quotes; Spark's default escape (\) shifts columns
+        multiLine=cfg.preprocess.multiline,
+        encoding=cfg.preprocess.encoding,
+        mode="PERMISSIVE",
+        columnNameOfCorruptRecord=parse.CORRUPT_COLUMN,
+    )
+    return reader.csv(files).withColumn(parse.SOURCE_COLUMN, F.col("_metadata.file_path"))
+
+
+def _write(df: DataFrame, uri: str, **options: Any) -> None:
+    df.write.mode("errorifexists").options(**options).parquet(uri)
+
+
+def _row_groups(spark: SparkSession, table_uri: str) -> tuple[int, int]:
+    """``(row groups, files)`` of a Parquet folder, from the footers (pyarrow; Hadoop for remote URIs)."""
+    fs, path = _hadoop(spark, table_uri)
+    parts = [s.getPath() for s in fs.listStatus(path) if s.getPath().getName().endswith(".parquet")]
+    groups = 0
+    for part in parts:
+        if part.toUri().getScheme() in (None, "file"):
+            import pyarrow.parquet as pq
+
+            groups += pq.ParquetFile(part.toUri().getPath()).metadata.num_row_groups
+        else:
+            jvm = spark._jvm
+            hfile = jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(part, spark._jsc.hadoopConfiguration())
+            reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(hfile)
+            try:
+                groups += reader.getRowGroups().size()
+            finally:
+                reader.close()
+    return groups, len(parts)
+
+
+def _quiet_row_group_warning(spark: SparkSession) -> None:
+    """Silence parquet-mr's "Too much memory used" dump, which the deliberate 1-byte row-group target
+    triggers at every row group (driver JVM only: in local mode that is every writer)."""
+    jvm = spark._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+        "org.apache.parquet.hadoop.InternalParquetRecordWriter", jvm.org.apache.logging.log4j.Level.ERROR
+    )
+
+
+def _need_row_groups(cfg: Config) -> int:
+    return 4 * cfg.train.num_processes
+
+
+def _row_group_error(have: int, clean: int, cfg: Config) -> ConfigError:
+    need = _need_row_groups(cfg)
+    suggest = max(16, clean // need)
+    return ConfigError(
+        f"features/ would have {have} row groups but training with train.num_processes="
+        f"{cfg.train.num_processes} needs at least {need} (4 per process); lower preprocess.row_group_rows "
+        f"(now {cfg.preprocess.row_group_rows}) to at most {suggest} for {clean} rows"
+    )
+
+
+def _songs_table(songs: DataFrame) -> DataFrame:
+    """songs/ columns: ``similar_song_ids`` = similar songs whose id is in the catalogue, in order."""
+    df = songs
+    ids = songs.select(F.col("song_id").alias("_hit"))
+    for i in (1, 2, 3):
+        # Broadcast joins keep songs' partitioning by song_id, so the write needs no further shuffle.
+        hits = F.broadcast(ids.withColumnRenamed("_hit", f"_hit{i}"))
+        df = df.join(hits, df[f"_sim_id{i}"] == hits[f"_hit{i}"], "left")
+    # array_except drops the NULLs (misses) and repeats, keeping the order of the similar-song columns.
+    resolved = F.array_except(F.array(*[F.col(f"_hit{i}") for i in (1, 2, 3)]), F.array(F.lit(None).cast("long")))
+    df = df.withColumn("similar_song_ids", F.array_remove(resolved, F.col("song_id")))
+    return df.select(*[f.name for f in schema.SONGS.fields])
+
+
+def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Run the stage; returns counts, row groups and per-step timings in seconds.
+
+    Raises:
+        InputError: a missing, empty, non-text or wrongly-headed input file (nothing is written).
+        ConfigError: ``preprocess.row_group_rows`` too large for the training world size.
+    """
+    timings: dict[str, float] = {}
+    start = last = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        timings[name] = round(now - last, 3)
+        last = now
+
+    files = list_input_files(spark, cfg.input_uri)
+    for uri in files:
+        check_input_file(spark, uri, cfg.preprocess.encoding)
+    log.info("preprocess: %d input file(s) under %s", len(files), cfg.input_uri)
+    lap("check")
+
+    root = cfg.path()
+    staged: dict[str, str] = {}
+    previous_pruning = spark.conf.get(CSV_PRUNING_CONF, None)
+    spark.conf.set(CSV_PRUNING_CONF, "false")
+    cached: list[DataFrame] = []
+    try:
+        parsed = parse_and_cache(spark, files, cfg, cached)
+        totals = parsed.agg(F.count("*").alias("n"), F.count_if(F.col("reason").isNotNull()).alias("bad")).first()
+        read, rejected = int(totals["n"]), int(totals["bad"])
+        lap("read_parse")
+
+        staged["rejects"] = io.staging_uri(root, "rejects")
+        rejects = parsed.where(F.col("reason").isNotNull()).select(*[f.name for f in schema.REJECTS.fields])
+        _write(rejects.repartition(1).sortWithinPartitions("source_file", "raw"), staged["rejects"])
+        lap("rejects")
+
+        n_files = cfg.preprocess.features_files
+        # One hash partitioning by song_id serves the dedupe window and both table writes (no more shuffles).
+        clean = parsed.where(F.col("reason").isNull()).repartition(n_files, "song_id")
+        best = Window.partitionBy("song_id").orderBy(F.desc("_filled"), "_row_hash", "source_file")
+        songs = clean.withColumn("_pick", F.row_number().over(best)).where(F.col("_pick") == 1)
+        songs = songs.persist(StorageLevel.MEMORY_AND_DISK)
+        cached.append(songs)
+        n_clean = songs.count()
+        parsed.unpersist()
+        counts = {"read": read, "clean": n_clean, "duplicates": read - rejected - n_clean, "rejected": rejected}
+        lap("dedupe")
+        if n_clean == 0:
+            raise InputError(f"input {cfg.input_uri}: no usable rows ({rejected} of {read} rejected; see rejects)")
+        if math.ceil(n_clean / cfg.preprocess.row_group_rows) + n_files < _need_row_groups(cfg):
+            raise _row_group_error(math.ceil(n_clean / cfg.preprocess.row_group_rows) + n_files, n_clean, cfg)
+
+        vocab = features.vocabularies(songs, cfg)
+        stats = features.numeric_stats(songs)
+        stats["lyrics_idf"] = features.lyrics_idf(songs, "lyrics")
+        lap("vocab_stats")
+
+        staged["songs"] = io.staging_uri(root, "songs")
+        _write(_songs_table(songs).sortWithinPartitions("song_id"), staged["songs"])
+        lap("songs")
+
+        staged["features"] = io.staging_uri(root, "features")
+        feats = features.feature_frame(spark, songs, vocab, stats, cfg).sortWithinPartitions("song_id")
+        rg = cfg.preprocess.row_group_rows
+        _quiet_row_group_warning(spark)
+        # parquet-mr 1.15 cuts row groups by bytes only: with a 1-byte target every size check cuts one,
+        # and checking exactly every `rg` rows makes each row group `rg` rows (the last of a file fewer).
+        _write(feats, staged["features"], **{
+            "parquet.block.size": 1, "parquet.page.size.row.check.min": rg, "parquet.page.size.row.check.max": rg,
+        })  # fmt: skip
+        row_groups, n_parts = _row_groups(spark, staged["features"])
+        if row_groups < _need_row_groups(cfg):
+            raise _row_group_error(row_groups, n_clean, cfg)
+        splits = {
+            r["split"]: int(r["count"])
+            for r in spark.read.parquet(staged["features"]).groupBy("split").count().collect()
+        }
+        lap("features")
+
+        staged["meta"] = io.staging_uri(root, "meta")
+        meta = {
+            "counts.json": counts,
+            "vocab.json": vocab,
+            "stats.json": stats,
+            "features.json": {
+                "schema_version": schema.SCHEMA_VERSION,
+                "numeric": list(schema.NUMERIC_FEATURES),
+                "genre_dim": len(vocab["genre"]),
+                "lyrics_dim": cfg.preprocess.lyrics_dim,
+                "vocab_sizes": {k: len(v) for k, v in vocab.items()},
+                "rows": {"train": splits.get("train", 0), "val": splits.get("val", 0)},
+                "row_groups": row_groups,
+                "files": n_parts,
+            },
+        }
+        for name, obj in meta.items():
+            io.write_json(f"{staged['meta']}/{name}", obj, spark)
+
+        for name in ("rejects", "songs", "features", "meta"):
+            io.commit(staged.pop(name), cfg.path(name), spark)
+        lap("write_meta_commit")
+    finally:
+        for df in cached:
+            df.unpersist()
+        for uri in staged.values():
+            io.discard(uri, spark)
+        if previous_pruning is None:
+            spark.conf.unset(CSV_PRUNING_CONF)
+        else:
+            spark.conf.set(CSV_PRUNING_CONF, previous_pruning)
+
+    timings["total"] = round(time.perf_counter() - start, 3)
+    log.info(
+        "preprocess counts: read=%d clean=%d duplicates=%d rejected=%d (%.1f s, %.0f rows/s)",
+        counts["read"], counts["clean"], counts["duplicates"], counts["rejected"],
+        timings["total"], counts["read"] / max(timings["total"], 1e-9),
+    )  # fmt: skip
+    return {**counts, "row_groups": row_groups, "files": len(files), "timings": timings}
+
+
+def parse_and_cache(spark: SparkSession, files: list[str], cfg: Config, cached: list[DataFrame]) -> DataFrame:
+    """Read and parse every row, add the lyrics vector, drop the text, and cache the result."""
+    parsed = parse.parse_rows(read_raw(spark, files, cfg))
+    parsed = features.lyrics_vector(parsed, "text", cfg.preprocess.lyrics_dim, "lyrics").drop("text")
+    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
+    cached.append(parsed)
+    return parsed
