@@ -61,7 +61,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_round_trip_through_dict():
-    cfg = load_config(None, ["knn.k=5", "spark.conf={\"a.b\": \"c\"}"])
+    cfg = load_config(None, ["knn.k=5", 'spark.conf={"a.b": "c"}'])
     assert from_dict(cfg.to_dict()) == cfg
 
 
