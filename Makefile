@@ -10,7 +10,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install check-system test lint run bench-preprocess bench-train bench-knn test-slow clean
+.PHONY: install check-system test lint run browser bench-preprocess bench-train bench-knn test-slow clean
 
 install: $(STAMP)
 
@@ -32,16 +32,32 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check --diff lib jobs tests bench
 
-test: install lint
-	$(VENV)/bin/pytest -m "not slow and not cluster"
+# The report test renders report/index.html in Debian's headless Chromium; installed here when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report test ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "WARNING: could not install chromium; tests/test_report.py will skip its browser check"; }
+
+test: install lint browser
+	$(VENV)/bin/pytest -m "not slow and not cluster" -p no:cacheprovider --durations=15
 
 test-slow: install
 	$(VENV)/bin/pytest -m "slow"
 
-# The main job on the embedded default: generate a stand-in dataset, then run every stage.
+# The main job on the embedded default: generate a stand-in dataset (unless INPUT names a real
+# spotify_dataset.csv), run every stage in one Spark application, then show what it produced.
+# ROWS=551443 is the full-size stand-in; its run root is data/run-ROWS so runs of two sizes coexist.
+RUN_ROOT := $(if $(INPUT),data/run-input,$(if $(ROWS),data/run-$(ROWS),data/run))
+RAW := $(if $(ROWS),data/raw-$(ROWS)/spotify_dataset.csv,data/raw/spotify_dataset.csv)
 run: install
-	./spark-submit.sh --conf-file $(CONF) $(if $(ROWS),--set generate.rows=$(ROWS)) $(SET) generate
-	./spark-submit.sh --conf-file $(CONF) $(SET) preprocess
+ifeq ($(INPUT),)
+	@if [ -f $(RAW) ]; then echo "using the generated $(RAW) (delete it to regenerate)"; else \
+	  ./spark-submit.sh --conf-file $(CONF) --set input=$(RAW) $(if $(ROWS),--set generate.rows=$(ROWS)) $(SET) generate; fi
+	./spark-submit.sh --conf-file $(CONF) --set input=$(RAW) --set root=$(RUN_ROOT) $(SET) pipeline
+else
+	./spark-submit.sh --conf-file $(CONF) --set input=$(INPUT) --set root=$(RUN_ROOT) $(SET) pipeline
+endif
+	$(VENV)/bin/songrec summary --run $(RUN_ROOT)
 
 bench-preprocess: install
 	$(PY) bench/preprocess.py $(if $(ROWS),--rows $(ROWS))

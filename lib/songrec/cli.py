@@ -3,6 +3,7 @@
     songrec recommend "Song title" [--artist NAME] [-k 10] [--run DIR] [--format table|json|csv]
     songrec recommend --id SONG_ID
     songrec recommend --like "energy=80,danceability=70,tempo=120,genre=pop,emotion=joy"
+    songrec summary [--run DIR]
 
 Exit status: 0 found, 1 not found (or the run is missing), 2 usage (bad arguments, an ambiguous title).
 No Spark is started: the tables are read with DuckDB and numpy.
@@ -83,6 +84,47 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Where a run's outputs are, its headline metrics, and one example recommendation."""
+    run = rec.Run(Path(args.run).expanduser())
+    try:
+        metrics = json.loads((run.table("report") / "metrics.json").read_text())
+    except (SongrecError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    root = run.root.resolve()  # the root only: table paths are stable links to committed versions
+    print(f"outputs under {root}:")
+    for name in ("songs", "features", "rejects", "meta", "model", "embeddings", "neighbors", "report"):
+        print(f"  {name + '/':<12} {root / name}")
+    print(f"  open the report: {root / 'report' / 'index.html'}")
+    counts = metrics.get("counts", {})
+    if counts:
+        print("rows: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    recall, relevance = metrics.get("recall", {}), metrics.get("relevance", {})
+    print(f"recall@10 vs exact search: {recall.get('at_10')}   recall@{metrics.get('k')}: {recall.get('at_k')}")
+    for method in ("embedding", "audio12_l2", "audio12_tags_cos"):
+        if method in relevance:
+            r = relevance[method]
+            print(
+                f"  {method:<17} planted-style precision@10 {r.get('planted_precision_at_10')}"
+                f"   similar-song hit rate@K {r.get('similar_hit_rate_at_k')}"
+            )
+    stages = metrics.get("stages", {})
+    if stages:
+        print("stages: " + ", ".join(f"{k} {v.get('seconds', '-')} s" for k, v in stages.items()))
+    import duckdb
+
+    row = (
+        duckdb.connect()
+        .execute(f"SELECT song_id, title FROM read_parquet('{run.glob('songs')}') ORDER BY hash(song_id) LIMIT 1")
+        .fetchone()
+    )
+    print(f"\nexample: songrec recommend --id {row[0]} --run {args.run}")
+    return cmd_recommend(
+        argparse.Namespace(run=args.run, like=None, title=None, artist=None, id=row[0], k=5, format="table")
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="songrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,12 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.set_defaults(func=cmd_recommend)
+    p = sub.add_parser("summary", help="where a run's outputs are, its headline metrics and an example")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"the run root (default {DEFAULT_RUN})")
+    p.set_defaults(func=cmd_summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.k < 1:
+    if getattr(args, "k", 1) < 1:
         print("error: -k must be >= 1", file=sys.stderr)
         return 2
     return args.func(args)
