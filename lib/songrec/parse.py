@@ -70,19 +70,28 @@ def song_id_col(artist_col: Column | str, title_col: Column | str) -> Column:
     first comma token is taken either way, so a "Similar Artist" resolves to the same id as the song
     whose primary artist it names. xxhash64 (seed 42) is stable across Spark versions and runs.
     """
-    artist = normalise_name_col(primary(F.col(artist_col) if isinstance(artist_col, str) else artist_col))
-    title = normalise_name_col(F.col(title_col) if isinstance(title_col, str) else title_col)
-    return F.xxhash64(F.concat_ws("\u0001", artist, title))
+    artist = primary(F.col(artist_col) if isinstance(artist_col, str) else artist_col)
+    return _song_id(artist, F.col(title_col) if isinstance(title_col, str) else title_col)
+
+
+def _song_id(artist: Column, title: Column) -> Column:
+    """:func:`song_id_col` of an artist that is already one comma-free token (``primary`` would keep it)."""
+    return F.xxhash64(F.concat_ws("\u0001", normalise_name_col(artist), normalise_name_col(title)))
 
 
 def length_seconds(c: Column) -> Column:
     """``"03:47"`` -> 227; ``"1:02:03"`` (H:MM:SS) also accepted; anything else NULL."""
-    s = cell(c)
+    return _length_seconds(cell(c))
+
+
+def _length_seconds(s: Column) -> Column:
     pattern = r"^(?:(\d{1,2}):)?(\d{1,3}):([0-5]\d)$"
     ok = s.rlike(pattern)
-    hours = F.coalesce(F.regexp_extract(s, pattern, 1).try_cast("int"), F.lit(0))
-    minutes = F.regexp_extract(s, pattern, 2).try_cast("int")
-    seconds = F.regexp_extract(s, pattern, 3).try_cast("int")
+    # Once the pattern matched, the parts are the ":"-separated fields (one regex pass instead of four).
+    hours = F.when(F.substring_index(s, ":", -3) != F.substring_index(s, ":", -2), F.substring_index(s, ":", 1))
+    hours = F.coalesce(hours.try_cast("int"), F.lit(0))
+    minutes = F.substring_index(F.substring_index(s, ":", -2), ":", 1).try_cast("int")
+    seconds = F.substring_index(s, ":", -1).try_cast("int")
     return F.when(ok, hours * 3600 + minutes * 60 + seconds)
 
 
@@ -93,7 +102,11 @@ def release_date(c: Column) -> tuple[Column, Column]:
     ``2013-04-29`` and ``2013`` alone (year only, date NULL). A year outside 1900-2100 or an
     impossible day (``31st February``) gives NULL for both.
     """
-    s = F.regexp_replace(cell(c), r"(\d)(st|nd|rd|th)\b", "$1")
+    return _release_date(cell(c))
+
+
+def _release_date(s: Column) -> tuple[Column, Column]:
+    s = F.regexp_replace(s, r"(\d)(st|nd|rd|th)\b", "$1")
     s = F.regexp_replace(s, r"\s+", " ")
 
     def parsed(fmt_full: str, fmt_short: str) -> Column:
@@ -112,58 +125,89 @@ def release_date(c: Column) -> tuple[Column, Column]:
 
 def key_parts(c: Column) -> tuple[Column, Column]:
     """Key ``"A# Maj"`` / ``"D min"`` -> ``(pitch class 0-11, "major" | "minor")``; NULLs otherwise."""
+    return _key_parts(cell(c))
+
+
+def _key_parts(s: Column) -> tuple[Column, Column]:
     pattern = r"(?i)^([A-G])([#b]?)\s*(maj|min|major|minor)$"
-    s = cell(c)
     ok = s.rlike(pattern)
-    letter = F.upper(F.regexp_extract(s, pattern, 1))
-    accidental = F.regexp_extract(s, pattern, 2)
+    # Once the pattern matched: the letter is the first character, an accidental can only be the second
+    # (the mode word starts with "m"), and only the mode word can hold "maj" (one regex pass, not four).
+    letter = F.upper(F.substring(s, 1, 1))
+    accidental = F.substring(s, 2, 1)
     natural = F.coalesce(*[F.when(letter == name, F.lit(pc)) for name, pc in PITCH_CLASS.items()])
     shift = F.when(accidental == "#", 1).when(accidental == "b", -1).otherwise(0)
-    mode = F.when(F.lower(F.regexp_extract(s, pattern, 3)).startswith("maj"), "major").otherwise("minor")
+    mode = F.when(F.lower(s).contains("maj"), "major").otherwise("minor")
     return F.when(ok, F.pmod(natural + shift, F.lit(12))), F.when(ok, mode)
 
 
 def bounded_double(c: Column, low: float, high: float) -> Column:
     """A finite double within ``[low, high]``, else NULL (NaN, 1e309, text are all NULL)."""
-    d = cell(c).try_cast("double")
+    return _bounded_double(cell(c), low, high)
+
+
+def _bounded_double(s: Column, low: float, high: float) -> Column:
+    d = s.try_cast("double")
     return F.when(~F.isnan(d) & d.between(low, high), d)
 
 
 def bounded_int(c: Column, low: int, high: int) -> Column:
     """An integer within ``[low, high]`` (``"55"`` or ``"55.0"``), else NULL."""
-    d = bounded_double(c, low, high)
+    return _bounded_int(cell(c), low, high)
+
+
+def _bounded_int(s: Column, low: int, high: int) -> Column:
+    d = _bounded_double(s, low, high)
     return F.when(d == F.floor(d), d.cast("int"))
 
 
 def loudness_db(c: Column) -> Column:
     """``"-6.85db"`` (unit optional, any case) -> -6.85 within a plausible range."""
-    s = cell(c)
+    return _loudness_db(cell(c))
+
+
+def _loudness_db(s: Column) -> Column:
     number = F.regexp_extract(s, r"(?i)^([-+]?\d+(?:\.\d+)?)\s*(?:db)?$", 1)
-    return bounded_double(F.when(number != "", number), *LOUDNESS_RANGE)
+    return _bounded_double(F.when(number != "", number), *LOUDNESS_RANGE)
 
 
 def time_signature(c: Column) -> Column:
     """``"4/4"`` -> 4 (beats per bar); a plain ``"3"`` is accepted too."""
-    s = cell(c)
+    return _time_signature(cell(c))
+
+
+def _time_signature(s: Column) -> Column:
     beats = F.regexp_extract(s, r"^(\d{1,2})\s*(?:/\s*\d{1,2})?$", 1)
-    return bounded_int(F.when(beats != "", beats), *BEATS_RANGE)
+    return _bounded_int(F.when(beats != "", beats), *BEATS_RANGE)
 
 
 def yes_no(c: Column) -> Column:
     """``Yes``/``No`` (also true/false, 1/0, any case) -> boolean; anything else NULL."""
-    s = F.lower(cell(c))
+    return _yes_no(cell(c))
+
+
+def _yes_no(s: Column) -> Column:
+    s = F.lower(s)
     return F.when(s.isin("yes", "true", "1"), True).when(s.isin("no", "false", "0"), False)
 
 
 def zero_one(c: Column) -> Column:
     """A 0/1 flag (``"1.0"`` and true/false accepted) -> boolean; anything else NULL."""
-    s = F.lower(cell(c))
+    return _zero_one(cell(c))
+
+
+def _zero_one(s: Column) -> Column:
+    s = F.lower(s)
     return F.when(s.isin("1", "1.0", "true"), True).when(s.isin("0", "0.0", "false"), False)
 
 
 def emotion(c: Column) -> Column:
     """Lower-cased label; ``angry`` -> anger; not one of the six labels (or empty) -> ``unknown``."""
-    s = F.lower(cell(c))
+    return _emotion(cell(c))
+
+
+def _emotion(s: Column) -> Column:
+    s = F.lower(s)
     s = F.when(s == "angry", "anger").otherwise(s)
     return F.when(s.isin(*schema.EMOTIONS), s).otherwise(F.lit(schema.UNKNOWN_EMOTION))
 
@@ -182,33 +226,47 @@ def _raw(name: str) -> Column:
     return F.col(raw_field(name))
 
 
+def _cell_field(name: str) -> str:
+    return f"_cell{schema.RAW_COLUMNS.index(name)}"
+
+
+def _cell(name: str) -> Column:
+    """The trimmed cell of raw column ``name``, computed once in :func:`parse_rows`' first projection."""
+    return F.col(_cell_field(name))
+
+
+def _cell_columns() -> list[str]:
+    """Raw columns whose parsers start from the trimmed cell (the lists and the lyrics use the raw text)."""
+    return [name for name in schema.RAW_COLUMNS if name not in ("Artist(s)", "Genre", "text")]
+
+
 def _typed_columns() -> dict[str, Column]:
-    """Every typed column parsed from the raw cells (NULL = empty or unparseable)."""
-    date, year = release_date(_raw("Release Date"))
-    pitch, mode = key_parts(_raw("Key"))
+    """Every typed column parsed from the raw cells (NULL = empty or unparseable); needs the ``_cell*`` columns."""
+    date, year = _release_date(_cell("Release Date"))
+    pitch, mode = _key_parts(_cell("Key"))
     columns = {
         "artists": split_list(_raw("Artist(s)")),
-        "title": cell(_raw("song")),
-        "album": cell(_raw("Album")),
+        "title": _cell("song"),
+        "album": _cell("Album"),
         "genres": split_list(_raw("Genre")),
-        "emotion": emotion(_raw("emotion")),
+        "emotion": _emotion(_cell("emotion")),
         "release_date": date,
         "release_year": year,
-        "length_s": length_seconds(_raw("Length")),
-        "key": cell(_raw("Key")),
+        "length_s": _length_seconds(_cell("Length")),
+        "key": _cell("Key"),
         "key_pitch": pitch,
         "key_mode": mode,
-        "tempo": bounded_int(_raw("Tempo"), *TEMPO_RANGE),
-        "loudness_db": loudness_db(_raw("Loudness (db)")),
-        "time_signature": time_signature(_raw("Time signature")),
-        "explicit": yes_no(_raw("Explicit")),
+        "tempo": _bounded_int(_cell("Tempo"), *TEMPO_RANGE),
+        "loudness_db": _loudness_db(_cell("Loudness (db)")),
+        "time_signature": _time_signature(_cell("Time signature")),
+        "explicit": _yes_no(_cell("Explicit")),
     }
-    columns |= {name: bounded_int(_raw(raw), *PERCENT_RANGE) for raw, name in schema.PERCENT_COLUMNS.items()}
-    columns |= {name: zero_one(_raw(raw)) for raw, name in schema.GOOD_FOR_COLUMNS.items()}
+    columns |= {name: _bounded_int(_cell(raw), *PERCENT_RANGE) for raw, name in schema.PERCENT_COLUMNS.items()}
+    columns |= {name: _zero_one(_cell(raw)) for raw, name in schema.GOOD_FOR_COLUMNS.items()}
     for i in (1, 2, 3):
-        columns[f"_sim_artist{i}"] = cell(_raw(f"Similar Artist {i}"))
-        columns[f"_sim_title{i}"] = cell(_raw(f"Similar Song {i}"))
-        columns[f"_sim_score{i}"] = bounded_double(_raw(f"Similarity Score {i}"), *SCORE_RANGE)
+        columns[f"_sim_artist{i}"] = _cell(f"Similar Artist {i}")
+        columns[f"_sim_title{i}"] = _cell(f"Similar Song {i}")
+        columns[f"_sim_score{i}"] = _bounded_double(_cell(f"Similarity Score {i}"), *SCORE_RANGE)
     return columns
 
 
@@ -242,9 +300,15 @@ def parse_rows(raw: DataFrame) -> DataFrame:
     dedupe keys: ``_filled`` (non-empty cells) and ``_row_hash`` (hash of every raw cell).
     """
     raw_cols = [_raw(name) for name in schema.RAW_COLUMNS]
-    typed = raw.select(
+    # Each trimmed cell once, in its own projection: the typed parsers and the blank checks share it.
+    cells = raw.select(
+        *raw_cols, F.col(CORRUPT_COLUMN), F.col(SOURCE_COLUMN),
+        *[cell(_raw(name)).alias(_cell_field(name)) for name in _cell_columns()],
+    )  # fmt: skip
+    typed = cells.select(
         *raw_cols, F.col(CORRUPT_COLUMN), F.col(SOURCE_COLUMN),
         *[expr.alias(name) for name, expr in _typed_columns().items()],
+        *[_cell(raw_name).isNull().alias(f"_blank{i}") for i, (_, raw_name, _) in enumerate(_checks())],
     )  # fmt: skip
 
     # The first failing check names the reject. Its number is computed once in its own projection (so
@@ -255,8 +319,8 @@ def parse_rows(raw: DataFrame) -> DataFrame:
     checks = [("malformed_row", "", F.col(CORRUPT_COLUMN).isNotNull())]
     checks += [("missing_required", "Artist(s)", F.get("artists", 0).isNull())]
     checks += [("missing_required", "song", F.col("title").isNull())]
-    for reason_code, raw_name, name in _checks():
-        blank = F.coalesce(F.trim(_raw(raw_name)) == "", F.lit(True))  # empty cells are nulls, not rejects
+    for i, (reason_code, raw_name, name) in enumerate(_checks()):
+        blank = F.col(f"_blank{i}")  # empty cells are nulls, not rejects
         checks.append((reason_code, raw_name, ~blank & F.col(name).isNull()))
     typed = typed.withColumn("_bad", F.coalesce(*[F.when(bad, F.lit(i)) for i, (_, _, bad) in enumerate(checks)]))
     bad_no = F.col("_bad")
@@ -291,7 +355,7 @@ def parse_rows(raw: DataFrame) -> DataFrame:
     filled = sum(F.when(c.isNotNull(), 1).otherwise(0) for c in raw_cols)
     typed_names = [c for c in _typed_columns() if not c.startswith("_sim_")]
     return typed.select(
-        song_id_col(F.get("artists", 0), F.col("title")).alias("song_id"),
+        _song_id(F.get("artists", 0), F.col("title")).alias("song_id"),
         F.get("artists", 0).alias("artist"),
         F.get("genres", 0).alias("genre"),
         *typed_names,
