@@ -145,7 +145,7 @@ class KnnConf:
     buckets: int = 64  # files of neighbors/: bucket = pmod(song_id, buckets)
     max_shard_rows: int = 2_000_000  # refuse shards larger than this (task memory bound)
     max_query_rows: int = 200_000  # songs one query task holds while it visits every shard
-    query_partitions: int = 0  # 0 = max(default parallelism, ceil(N / max_query_rows))
+    query_partitions: int = 0  # 0 = ceil(N / max_query_rows) rounded up to a multiple of the default parallelism
     seed: int = 100  # hnswlib random_seed: same vectors + same seed = same graph
 
 

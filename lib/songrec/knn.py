@@ -274,7 +274,9 @@ def build_neighbors(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             f"raise knn.shards (now {knn.shards}) or knn.max_shard_rows"
         )
     threads = task_cpus(spark)
-    query_parts = knn.query_partitions or max(spark.sparkContext.defaultParallelism, math.ceil(n / knn.max_query_rows))
+    cores = spark.sparkContext.defaultParallelism
+    # A whole number of rounds: 3 partitions on 2 cores leave one core idle for a third of the pass.
+    query_parts = knn.query_partitions or cores * math.ceil(math.ceil(n / knn.max_query_rows) / cores)
     log.info("knn: N=%d dim=%d K=%d shards=%d (largest %d rows), query partitions %d", n, dim, k, knn.shards,
              biggest, query_parts)  # fmt: skip
 
