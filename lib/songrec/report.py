@@ -95,7 +95,8 @@ def relevance_plot(relevance: dict[str, dict[str, float]]) -> str | None:
     import matplotlib.pyplot as plt
 
     methods = list(relevance)
-    metrics = [m for m in relevance[methods[0]] if isinstance(relevance[methods[0]][m], int | float)]
+    # Shares only (0..1); in-degree is a count and is shown in the table above the chart.
+    metrics = [m for m in relevance[methods[0]] if isinstance(relevance[methods[0]][m], float) and "degree" not in m]
     x = np.arange(len(metrics))
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(metrics)), 3.8))
