@@ -47,9 +47,10 @@ def test_loss_is_finite_and_trains():
     model = Autoencoder(SPEC)
     batch = {k: torch.from_numpy(v) for k, v in _batch(256).items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    weights = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
     losses = []
     for _ in range(60):
-        loss, parts = autoencoder_loss(model, batch, LossWeights(artist_negatives=16))
+        loss, parts = autoencoder_loss(model, batch, weights)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

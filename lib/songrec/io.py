@@ -37,7 +37,8 @@ def staging_uri(root_uri: str, name: str) -> str:
     return f"{root_uri.rstrip('/')}/_staging/{name}-{uuid.uuid4().hex[:12]}"
 
 
-def _hadoop_fs(spark: Any, uri: str) -> tuple[Any, Any]:
+def hadoop_fs(spark: Any, uri: str) -> tuple[Any, Any]:
+    """``(FileSystem, Path)`` of ``uri`` through the session's Hadoop configuration."""
     jvm = spark._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)
     return path.getFileSystem(spark._jsc.hadoopConfiguration()), path
@@ -47,7 +48,7 @@ def exists(uri: str, spark: Any = None) -> bool:
     """Whether a file or table exists at ``uri``."""
     if is_local(uri):
         return local_path(uri).exists()
-    fs, path = _hadoop_fs(spark, uri)
+    fs, path = hadoop_fs(spark, uri)
     return bool(fs.exists(path))
 
 
@@ -76,8 +77,8 @@ def _commit_local(staging: Path, final: Path) -> None:
 
 
 def _commit_hadoop(spark: Any, staging: str, final: str) -> None:
-    fs, final_path = _hadoop_fs(spark, final)
-    _, staging_path = _hadoop_fs(spark, staging)
+    fs, final_path = hadoop_fs(spark, final)
+    _, staging_path = hadoop_fs(spark, staging)
     jvm = spark._jvm
     fs.mkdirs(final_path.getParent())
     old = None
@@ -99,7 +100,7 @@ def discard(staging: str, spark: Any = None) -> None:
         if is_local(staging):
             shutil.rmtree(local_path(staging), ignore_errors=True)
         else:
-            fs, path = _hadoop_fs(spark, staging)
+            fs, path = hadoop_fs(spark, staging)
             fs.delete(path, True)
     except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
         log.warning("could not remove staging %s: %s", staging, exc)
@@ -115,7 +116,7 @@ def write_json(uri: str, obj: Any, spark: Any = None) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
         return
-    fs, path = _hadoop_fs(spark, uri)
+    fs, path = hadoop_fs(spark, uri)
     out = fs.create(path, True)
     try:
         out.write(bytearray(text.encode()))
@@ -127,7 +128,7 @@ def read_json(uri: str, spark: Any = None) -> Any:
     """Read a JSON file written by :func:`write_json`."""
     if is_local(uri):
         return json.loads(local_path(uri).read_text())
-    fs, path = _hadoop_fs(spark, uri)
+    fs, path = hadoop_fs(spark, uri)
     stream = fs.open(path)
     try:
         reader = spark._jvm.java.io.BufferedReader(spark._jvm.java.io.InputStreamReader(stream, "UTF-8"))

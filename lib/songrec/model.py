@@ -187,12 +187,12 @@ class Autoencoder(nn.Module):
 class LossWeights:
     """Weight of each loss term (``train.loss_*``) and the number of sampled artist negatives."""
 
-    numeric: float = 1.0
-    genre: float = 1.0
-    emotion: float = 1.0
-    artist: float = 0.5
-    lyrics: float = 1.0
-    artist_negatives: int = 1024
+    numeric: float
+    genre: float
+    emotion: float
+    artist: float
+    lyrics: float
+    artist_negatives: int
 
     @classmethod
     def from_train(cls, train: dict[str, Any]) -> "LossWeights":

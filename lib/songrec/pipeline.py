@@ -8,6 +8,7 @@ the next run skips the stage when the fingerprint is the same and its outputs st
 """
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -43,33 +44,21 @@ STAGES: list[Stage] = [
 STAGE_NAMES = [s.name for s in STAGES]
 
 
+# Each stage's library function as "module:function", imported only when the stage runs (heavy imports).
+RUNNERS = {
+    "preprocess": "songrec.preprocess:preprocess",
+    "train": "songrec.train:run_training",
+    "embed": "songrec.embed:embed",
+    "knn": "songrec.knn:build_neighbors",
+    "evaluate": "songrec.evaluate:evaluate",
+    "report": "songrec.report:build_report",
+}
+
+
 def _runner(name: str) -> Callable[[Any, Config], dict]:
-    """The library function of a stage (imported lazily: each pulls in heavy dependencies)."""
-    if name == "preprocess":
-        from songrec.preprocess import preprocess
-
-        return preprocess
-    if name == "train":
-        from songrec.train import run_training
-
-        return run_training
-    if name == "embed":
-        from songrec.embed import embed
-
-        return embed
-    if name == "knn":
-        from songrec.knn import build_neighbors
-
-        return build_neighbors
-    if name == "evaluate":
-        from songrec.evaluate import evaluate
-
-        return evaluate
-    if name == "report":
-        from songrec.report import build_report
-
-        return build_report
-    raise ValueError(f"unknown stage {name!r}")
+    """The library function of a stage."""
+    module, function = RUNNERS[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def table_version(cfg: Config, name: str, spark: Any = None) -> str:
@@ -86,7 +75,7 @@ def table_version(cfg: Config, name: str, spark: Any = None) -> str:
             return f"{os.readlink(path)}@{newest}"
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    fs, hpath = io._hadoop_fs(spark, uri)  # noqa: SLF001 - same package
+    fs, hpath = io.hadoop_fs(spark, uri)
     if not fs.exists(hpath):
         return "absent"
     summary = fs.getContentSummary(hpath)

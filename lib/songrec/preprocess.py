@@ -30,18 +30,13 @@ HEAD_BYTES = 1 << 16  # enough for the header line and the start of the first ro
 CSV_PRUNING_CONF = "spark.sql.csv.parser.columnPruning.enabled"
 
 
-def _hadoop(spark: SparkSession, uri: str) -> tuple[Any, Any]:
-    path = spark._jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(spark._jsc.hadoopConfiguration()), path
-
-
 def list_input_files(spark: SparkSession, uri: str) -> list[str]:
     """The data files of ``uri`` (a file, or a folder of files; names starting ``_`` or ``.`` skipped).
 
     Raises:
         InputError: the path does not exist, or the folder holds no data files or a sub-folder.
     """
-    fs, path = _hadoop(spark, uri)
+    fs, path = io.hadoop_fs(spark, uri)
     if not fs.exists(path):
         raise InputError(f"input {uri} does not exist (set `input` to a CSV file or a folder of them)")
     status = fs.getFileStatus(path)
@@ -62,7 +57,7 @@ def list_input_files(spark: SparkSession, uri: str) -> list[str]:
 
 def _read_head(spark: SparkSession, uri: str) -> tuple[bytes, bool]:
     """The first HEAD_BYTES of a file (decompressed when the name says so) and whether that is all of it."""
-    fs, path = _hadoop(spark, uri)
+    fs, path = io.hadoop_fs(spark, uri)
     conf = spark._jsc.hadoopConfiguration()
     codec = spark._jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(path)
     stream = fs.open(path)
@@ -138,7 +133,7 @@ def _write(df: DataFrame, uri: str, **options: Any) -> None:
 
 def _row_groups(spark: SparkSession, table_uri: str) -> tuple[int, int]:
     """``(row groups, files)`` of a Parquet folder, from the footers (pyarrow; Hadoop for remote URIs)."""
-    fs, path = _hadoop(spark, table_uri)
+    fs, path = io.hadoop_fs(spark, table_uri)
     parts = [s.getPath() for s in fs.listStatus(path) if s.getPath().getName().endswith(".parquet")]
     groups = 0
     for part in parts:
