@@ -41,25 +41,56 @@ def exact_topk(
     best_pos = np.full((n_q, 0), MISSING, np.int64)
     best_score = np.full((n_q, 0), -np.inf, np.float32)
     q_norm = (queries * queries).sum(1, keepdims=True) if metric == "l2" else None
-    for lo in range(0, len(base), block_rows):
-        block = np.asarray(base[lo : lo + block_rows], np.float32)
+    lo = 0
+    while lo < len(base):
+        # A small first block fills the lists cheaply; later blocks only merge what beats them.
+        size = block_rows if best_score.shape[1] == k else min(block_rows, max(8 * k, 1024))
+        block = np.asarray(base[lo : lo + size], np.float32)
+        lo += len(block)
         scores = queries @ block.T
         if metric == "l2":
             scores = 2 * scores - (block * block).sum(1)[None, :] - q_norm
-        own = query_pos - lo
+        start = lo - len(block)
+        own = query_pos - start
         rows = np.flatnonzero((own >= 0) & (own < len(block)))
         scores[rows, own[rows]] = -np.inf
+        if best_score.shape[1] == k and np.isfinite(best_score[:, -1]).all():
+            best_pos, best_score = _merge_above(best_pos, best_score, scores, start, k)
+            continue
         take = min(k, len(block))
         part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < len(block) else np.tile(
             np.arange(len(block)), (n_q, 1)
         )  # fmt: skip
-        cand_pos = np.hstack([best_pos, part + lo])
+        cand_pos = np.hstack([best_pos, part + start])
         cand_score = np.hstack([best_score, np.take_along_axis(scores, part, 1)])
         order = np.lexsort((cand_pos, -cand_score), axis=1)[:, :k]
         best_pos = np.take_along_axis(cand_pos, order, 1)
         best_score = np.take_along_axis(cand_score, order, 1)
     best_pos[~np.isfinite(best_score)] = MISSING
     return best_pos, best_score.astype(np.float32)
+
+
+def _merge_above(
+    best_pos: np.ndarray, best_score: np.ndarray, scores: np.ndarray, lo: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a block into full ``[Q, k]`` top lists, looking only at scores >= each row's k-th.
+
+    Once every row holds k finite scores, a block row can only enter a list by reaching its k-th
+    score, and after the first blocks very few do: selecting them with one comparison is several
+    times cheaper than partitioning every row of the block. Ties keep the lower position, as above.
+    """
+    n_q = len(best_pos)
+    hit_row, hit_col = np.nonzero(scores >= best_score[:, -1:])
+    if len(hit_row) == 0:
+        return best_pos, best_score
+    row = np.concatenate([np.repeat(np.arange(n_q), k), hit_row])
+    pos = np.concatenate([best_pos.ravel(), hit_col + lo])
+    score = np.concatenate([best_score.ravel(), scores[hit_row, hit_col]])
+    order = np.lexsort((pos, -score, row))
+    row, pos, score = row[order], pos[order], score[order]
+    first = np.searchsorted(row, np.arange(n_q))
+    keep = (first[:, None] + np.arange(k)[None, :]).ravel()  # every row has >= k entries (its old list)
+    return pos[keep].reshape(n_q, k), score[keep].reshape(n_q, k)
 
 
 def recall_at(
