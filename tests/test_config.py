@@ -1,5 +1,7 @@
 """The typed config: defaults, overrides, and errors that name the key."""
 
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,96 @@ def test_round_trip_through_dict():
 def test_to_uri_keeps_schemes(tmp_path):
     assert to_uri("hdfs:///data/x.csv") == "hdfs:///data/x.csv"
     assert to_uri(str(tmp_path / "a")) == f"file://{tmp_path}/a"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("knn:\n  k: 3\n  kk: 4\n", "['knn.kk']"),
+        ("trian:\n  batch_size: 8\n", "['trian']"),
+        ("generate:\n  dirt:\n    junk: 0.1\n", "['generate.dirt.junk']"),
+    ],
+)
+def test_unknown_keys_in_a_file_name_the_full_path(tmp_path, text, named):
+    conf = tmp_path / "c.yaml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"unknown config key(s) {named}; valid keys here: ")):
+        load_config(conf)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("knn:\n  k: 3.5\n", "config key 'knn.k': expected an integer, got 3.5"),
+        ("knn:\n  k: ten\n", "config key 'knn.k': expected an integer, got 'ten'"),
+        ("knn:\n  k: true\n", "config key 'knn.k': expected an integer, got True"),
+        ("knn: 5\n", "config key 'knn': expected a mapping, got 5"),
+        ("train:\n  hidden: [64, x]\n", "config key 'train.hidden[1]': expected an integer, got 'x'"),
+        ("train:\n  lr: fast\n", "config key 'train.lr': expected a finite number, got 'fast'"),
+        ("train:\n  lr: .inf\n", "config key 'train.lr': expected a finite number, got inf"),
+        ("train:\n  lr: .nan\n", "config key 'train.lr': expected a finite number, got nan"),
+        (
+            "preprocess:\n  multiline: perhaps\n",
+            "config key 'preprocess.multiline': expected true/false, got 'perhaps'",
+        ),
+        ("root: [a, b]\n", "config key 'root': expected a string, got ['a', 'b']"),
+        ("spark:\n  conf: [1]\n", "config key 'spark.conf': expected a mapping, got [1]"),
+    ],
+)
+def test_wrong_types_name_the_key_and_value(tmp_path, text, message):
+    conf = tmp_path / "c.yaml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(conf)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("knn.k=-1", "knn.k: must be >= 1, got -1"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+        ("preprocess.row_group_rows=-5", "preprocess.row_group_rows: must be >= 16, got -5"),
+        ("preprocess.features_files=0", "preprocess.features_files: must be >= 1, got 0"),
+        ("train.num_processes=0", "train.num_processes: must be >= 1, got 0"),
+        ("knn.shards=-2", "knn.shards: must be >= 1, got -2"),
+        ("embed.batch_size=0", "embed.batch_size: must be >= 1, got 0"),
+        ("train.hidden=[64,0]", "train.hidden: every layer width must be >= 1, got [64, 0]"),
+        ("train.artist_dim=0", "train.artist_dim: must be >= 1, got 0"),
+        ("train.weight_decay=-0.1", "train.weight_decay: must be >= 0, got -0.1"),
+        ("train.loss_lyrics=-1", "train.loss_lyrics: must be >= 0, got -1.0"),
+        ("spark.shuffle_partitions=0", "spark.shuffle_partitions: must be >= 1, got 0"),
+        ("preprocess.val_fraction=0.7", "preprocess.val_fraction: must be in (0, 0.5), got 0.7"),
+        ("train.lr=nan", "config key 'train.lr': expected a finite number, got 'nan'"),
+        ("train.lr=-inf", "config key 'train.lr': expected a finite number, got '-inf'"),
+    ],
+)
+def test_bad_sizes_name_the_key_and_value(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    """A Python tag is refused by yaml.safe_load: nothing is constructed, nothing runs."""
+    marker = tmp_path / "ran"
+    conf = tmp_path / "evil.yaml"
+    conf.write_text(f"root: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match=r"evil\.yaml' is not valid YAML: .*tag:yaml\.org,2002:python/object/apply"):
+        load_config(conf)
+    assert not marker.exists()
+    conf.write_text("knn: !!python/object:songrec.config.KnnConf {k: 3}\n")
+    with pytest.raises(ConfigError, match="python/object:songrec.config.KnnConf"):
+        load_config(conf)
+
+
+@pytest.mark.parametrize("override", ["knn.k=-1", "preprocess.row_group_rows=-5", "knn.kk=3"])
+def test_config_errors_stop_a_job_before_any_work(tmp_path, capsys, override):
+    """jobs/preprocess.py exits 2 with one line naming the key, before Spark starts or root is made."""
+    spec = importlib.util.spec_from_file_location("job_preprocess", ROOT / "jobs" / "preprocess.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    root = tmp_path / "run"
+    args = ["--conf-file", str(ROOT / "conf" / "test.yaml"), "--set", f"root={root}", "--set", override]
+    assert job.main(args) == 2
+    err = capsys.readouterr().err
+    assert "config error: " in err and override.split("=")[0] in err and "Traceback" not in err
+    assert not root.exists()

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import yaml
 from songrec.errors import SongrecError
 
 log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("numeric", "genre", "emotion", "artist", "lyrics")  # the train.loss_* weights
 
 DEFAULT_CONF = Path(__file__).resolve().parents[2] / "conf" / "local.yaml"
 
@@ -227,14 +230,18 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
     if typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        # No setting means anything at nan or inf, and a range check such as `lr > 0` lets inf through.
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return number
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -313,11 +320,24 @@ def validate(cfg: Config) -> None:
         (cfg.preprocess.features_files >= 1, "preprocess.features_files: must be >= 1"),
         (cfg.preprocess.row_group_rows >= 16, "preprocess.row_group_rows: must be >= 16"),
         (cfg.preprocess.max_artists >= 1, "preprocess.max_artists: must be >= 1"),
+        (cfg.preprocess.min_artist_count >= 1, "preprocess.min_artist_count: must be >= 1"),
+        (cfg.generate.artists_per_style >= 0, "generate.artists_per_style: must be >= 0"),
+        (cfg.spark.shuffle_partitions >= 1, "spark.shuffle_partitions: must be >= 1"),
+        (cfg.spark.executor_cores >= 1, "spark.executor_cores: must be >= 1"),
+        (cfg.spark.num_executors >= 0, "spark.num_executors: must be >= 0"),
         (cfg.train.num_processes >= 1, "train.num_processes: must be >= 1"),
         (cfg.train.use_gpu in {"auto", "true", "false"}, "train.use_gpu: must be auto, true or false"),
         (cfg.train.batch_size >= 1, "train.batch_size: must be >= 1"),
         (cfg.train.max_epochs >= 1, "train.max_epochs: must be >= 1"),
         (cfg.train.latent_dim >= 2, "train.latent_dim: must be >= 2"),
+        (all(h >= 1 for h in cfg.train.hidden), "train.hidden: every layer width must be >= 1"),
+        (cfg.train.artist_dim >= 1, "train.artist_dim: must be >= 1"),
+        (cfg.train.genre_dim >= 1, "train.genre_dim: must be >= 1"),
+        (cfg.train.emotion_dim >= 1, "train.emotion_dim: must be >= 1"),
+        (cfg.train.warmup_epochs >= 0, "train.warmup_epochs: must be >= 0"),
+        (cfg.train.min_delta >= 0, "train.min_delta: must be >= 0"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay: must be >= 0"),
+        (cfg.train.grad_clip >= 0, "train.grad_clip: must be >= 0 (0 = no clipping)"),
         (0.0 <= cfg.train.dropout < 1.0, "train.dropout: must be in [0, 1)"),
         (cfg.train.lr > 0, "train.lr: must be > 0"),
         (0.0 <= cfg.train.artist_dropout < 1.0, "train.artist_dropout: must be in [0, 1)"),
@@ -326,6 +346,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.patience >= 1, "train.patience: must be >= 1"),
         (cfg.train.artist_negatives >= 0, "train.artist_negatives: must be >= 0"),
         (cfg.train.shuffle_buffer >= 0, "train.shuffle_buffer: must be >= 0"),
+        *[(getattr(cfg.train, f"loss_{t}") >= 0, f"train.loss_{t}: must be >= 0") for t in LOSS_TERMS],
         (cfg.knn.k >= 1, "knn.k: must be >= 1"),
         (cfg.knn.shards >= 1, "knn.shards: must be >= 1"),
         (cfg.knn.M >= 2, "knn.M: must be >= 2"),
@@ -342,10 +363,19 @@ def validate(cfg: Config) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ConfigError(f"bad config value: {message}")
+            key = message.split(":", 1)[0]
+            raise ConfigError(f"bad config value: {message}, got {_value(cfg, key)!r}")
     for name, rate in dataclasses.asdict(cfg.generate.dirt).items():
         if not 0.0 <= rate < 0.5:
             raise ConfigError(f"bad config value: generate.dirt.{name}: must be in [0, 0.5), got {rate}")
+
+
+def _value(cfg: Config, key: str) -> Any:
+    """The value of dotted ``key`` in ``cfg`` (for error messages)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def load_config(conf_file: str | Path | None = None, overrides: list[str] | None = None) -> Config:

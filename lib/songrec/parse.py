@@ -29,6 +29,10 @@ SCORE_RANGE = (0.0, 1.0)
 BEATS_RANGE = (1, 16)
 YEAR_RANGE = (1900, 2100)
 
+# Song lyrics run to tens of KB at most: a larger cell is junk or a runaway quoted field, and tokenising
+# one of many MB would cost a task's memory for nothing (too_long).
+MAX_CELL_BYTES = 1 << 20
+
 _DAY_MONTH_YEAR = r"^\d{1,2} [A-Za-z]+ \d{4}$"  # 29 April 2013 (after dropping the ordinal suffix)
 _MONTH_DAY_YEAR = r"^[A-Za-z]+ \d{1,2}, \d{4}$"  # April 29, 2013
 _ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"  # 2013-04-29
@@ -295,9 +299,10 @@ def _drop_nulls(array: Column, element_type: T.DataType) -> Column:
 def parse_rows(raw: DataFrame) -> DataFrame:
     """Raw rows (the 39 string columns named by :func:`raw_field`, ``_corrupt_record``, ``source_file``) -> typed rows.
 
-    The result has the songs/ columns except ``similar_song_ids``, plus ``text`` (the lyrics),
-    ``reason`` / ``detail`` / ``raw`` (NULL for a clean row; see ``schema.REJECT_REASONS``), and two
-    dedupe keys: ``_filled`` (non-empty cells) and ``_row_hash`` (hash of every raw cell).
+    The result has the songs/ columns except ``similar_song_ids``, plus ``text`` (the lyrics; NULL for
+    a rejected row), ``reason`` / ``detail`` / ``raw`` (NULL for a clean row; see ``schema.REJECT_REASONS``;
+    ``raw`` cut at ``MAX_CELL_BYTES`` characters), and two dedupe keys: ``_filled`` (non-empty cells) and
+    ``_row_hash`` (hash of every raw cell).
     """
     raw_cols = [_raw(name) for name in schema.RAW_COLUMNS]
     # Each trimmed cell once, in its own projection: the typed parsers and the blank checks share it.
@@ -311,12 +316,20 @@ def parse_rows(raw: DataFrame) -> DataFrame:
         *[_cell(raw_name).isNull().alias(f"_blank{i}") for i, (_, raw_name, _) in enumerate(_checks())],
     )  # fmt: skip
 
+    longest = F.greatest(*[F.octet_length(c) for c in raw_cols])  # bytes: no scan of the text
+    # Spark reads a byte that is not valid in preprocess.encoding as U+FFFD: a Latin-1 "é" in a UTF-8 read
+    # would give the song another id than its right spelling, so such rows are rejected, not guessed at.
+    joined = F.concat_ws("", *raw_cols)
+    has_nul = joined.contains("\u0000")
+
     # The first failing check names the reject. Its number is computed once in its own projection (so
     # Spark does not inline the typed parsers into every use), and reason, column and value are small
     # CASEs on that number: one message per check would push the generated code past the JVM's 64 KB
     # method limit and off code generation (about 5x slower). element_at over literal arrays indexed by
     # the number looks neater but returned wrong values under whole-stage codegen in Spark 4.0.5.
     checks = [("malformed_row", "", F.col(CORRUPT_COLUMN).isNotNull())]
+    checks += [("too_long", "", longest > MAX_CELL_BYTES)]
+    checks += [("encoding", "", has_nul | joined.contains("\ufffd"))]
     checks += [("missing_required", "Artist(s)", F.get("artists", 0).isNull())]
     checks += [("missing_required", "song", F.col("title").isNull())]
     for i, (reason_code, raw_name, name) in enumerate(_checks()):
@@ -331,10 +344,16 @@ def parse_rows(raw: DataFrame) -> DataFrame:
     detail = (
         F.when(reason == "malformed_row",
                F.format_string("row has %d fields, expected %d", fields, F.lit(len(schema.RAW_COLUMNS))))
+        .when(reason == "too_long",
+              F.format_string("row has a cell of %d bytes, over the limit of %d", longest, F.lit(MAX_CELL_BYTES)))
+        .when(reason == "encoding",
+              F.when(has_nul, F.lit("row holds a NUL byte"))
+              .otherwise(F.lit("row holds bytes that are not text in preprocess.encoding (read as U+FFFD)")))
         .when(value.isNull() | (F.trim(value) == ""), F.format_string("column '%s' is empty", column))
         .otherwise(F.format_string("column '%s' has unusable value '%s'", column, F.substring(F.trim(value), 1, 120)))
     )  # fmt: skip
     raw_text = F.coalesce(F.col(CORRUPT_COLUMN), F.to_json(F.struct(*[_raw(n).alias(n) for n in schema.RAW_COLUMNS])))
+    raw_text = F.substring(raw_text, 1, MAX_CELL_BYTES)  # a too_long row's raw text is cut, not copied whole
 
     similar = [
         F.when(
@@ -362,7 +381,7 @@ def parse_rows(raw: DataFrame) -> DataFrame:
         _drop_nulls(F.array(*similar), schema.SONGS["similar_songs"].dataType.elementType).alias("similar_songs"),
         *similar_ids,
         F.col(SOURCE_COLUMN),
-        _raw("text").alias("text"),
+        F.when(bad_no.isNull(), _raw("text")).alias("text"),  # only clean rows' lyrics are tokenised
         reason.alias("reason"),
         F.when(reason.isNotNull(), detail).alias("detail"),
         F.when(reason.isNotNull(), raw_text).alias("raw"),

@@ -82,17 +82,23 @@ def check_input_file(spark: SparkSession, uri: str, encoding: str) -> None:
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     except LookupError:
         raise ConfigError(f"preprocess.encoding: unknown encoding {encoding!r}") from None
-    if b"\x00" in data and not encoding.lower().replace("-", "").startswith(("utf16", "utf32")):
-        raise InputError(f"input file {uri} is not a text file (it holds NUL bytes)")
+    # NUL bytes with undecodable bytes or in the header line mean a binary file (gzip, image, UTF-16 read
+    # as UTF-8); a NUL inside a data row of a text file is that row's problem (rejected as `encoding`).
+    nul = b"\x00" in data and not encoding.lower().replace("-", "").startswith(("utf16", "utf32"))
+    not_text = f"input file {uri} is not a text file (it holds NUL bytes)"
     try:
         text = decoder.decode(data, final=complete)
     except UnicodeDecodeError as exc:
+        if nul:
+            raise InputError(not_text) from None
         raise InputError(
             f"input file {uri} is not {encoding} text (undecodable byte at offset {exc.start}); "
             "set preprocess.encoding if it is text in another encoding"
         ) from None
     text = text.lstrip("\ufeff")
     header_line, newline, rest = text.partition("\n")
+    if nul and "\x00" in header_line:
+        raise InputError(not_text)
     if not newline and not complete:
         raise InputError(f"input file {uri}: no header line in the first {HEAD_BYTES} bytes")
     header = [h.strip() for h in next(csv.reader([header_line.rstrip("\r")]))] if header_line.strip() else []

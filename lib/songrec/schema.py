@@ -105,11 +105,13 @@ REJECTS = T.StructType([
     T.StructField("source_file", T.StringType(), False),
     T.StructField("reason", T.StringType(), False),  # a code from REJECT_REASONS
     T.StructField("detail", T.StringType(), True),  # which column and value
-    T.StructField("raw", T.StringType(), True),  # the raw fields joined as JSON, or the raw line
+    T.StructField("raw", T.StringType(), True),  # the raw fields joined as JSON, or the raw line (cut at 1 Mi chars)
 ])  # fmt: skip
 
 REJECT_REASONS: dict[str, str] = {
     "malformed_row": "wrong number of fields (short or long row, or a broken quoted newline)",
+    "too_long": "a cell over parse.MAX_CELL_BYTES (1 MiB): junk or a runaway quoted field",
+    "encoding": "a NUL byte, or bytes not valid in preprocess.encoding (Spark reads them as U+FFFD)",
     "missing_required": "artist or title is empty",
     "bad_number": "a numeric column does not parse or is out of range",
     "bad_date": "Release Date does not parse",
