@@ -10,7 +10,8 @@ def _table(path, marker: str) -> None:
     (path / "part-0.txt").write_text(marker)
 
 
-def test_commit_replaces_and_keeps_previous_version(tmp_path):
+def test_commit_replaces_and_keeps_previous_version(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "KEEP_SECONDS", 0)  # no grace period: only KEEP_VERSIONS remain
     final = tmp_path / "run" / "neighbors"
     for marker in ["v1", "v2", "v3"]:
         staging = tmp_path / "run" / "_staging" / marker
@@ -21,6 +22,16 @@ def test_commit_replaces_and_keeps_previous_version(tmp_path):
     versions = sorted(p.name for p in final.parent.glob(".neighbors.v*"))
     assert len(versions) == io.KEEP_VERSIONS  # older versions are cleaned up
     assert final.is_symlink()
+
+
+def test_commit_keeps_recently_replaced_versions(tmp_path):
+    final = tmp_path / "run" / "neighbors"
+    for marker in ["v1", "v2", "v3"]:
+        staging = tmp_path / "run" / "_staging" / marker
+        _table(staging, marker)
+        io.commit(staging.as_uri(), final.as_uri())
+    versions = sorted(final.parent.glob(".neighbors.v*"), key=lambda p: int(p.name.rsplit(".v", 1)[1]))
+    assert [(p / "part-0.txt").read_text() for p in versions] == ["v1", "v2", "v3"]  # v1 replaced seconds ago
 
 
 def test_commit_over_plain_directory(tmp_path):
@@ -41,6 +52,8 @@ def test_reader_holding_old_version_keeps_reading(tmp_path):
         io.commit(str(tmp_path / "s2"), str(final))
         assert held.read() == "old"
     assert (final / "part-0.txt").read_text() == "new"
+    # A plain path names the link, not the version it points at: the link was swapped, no version nested.
+    assert final.is_symlink() and not list(tmp_path.glob("..t.v*"))
 
 
 def test_json_round_trip_is_atomic(tmp_path):

@@ -5,8 +5,10 @@ that a failed or killed run never leaves a half-written table where a consumer r
 
 On a local filesystem the table path (``root/neighbors``) is a symbolic link to a versioned
 directory (``root/.neighbors.v<ns>``); commit replaces the link with ``os.replace``, which POSIX
-makes atomic, so a reader sees the old table or the new one and never a mixture. The previous
-version is kept (a reader may still be listing it); older ones are deleted. On HDFS / S3 the table
+makes atomic, so a reader sees the old table or the new one and never a mixture. Superseded versions are
+kept for ``KEEP_SECONDS`` after the commit that replaced them (and the previous one always), so a reader
+that resolved the link just before one or more commits still finds every file it listed; older
+ones are deleted by a later commit. On HDFS / S3 the table
 is swapped by two renames through Hadoop's FileSystem API (a brief window where the path is absent,
 never a partial table).
 """
@@ -24,7 +26,10 @@ from songrec.config import local_path
 
 log = logging.getLogger(__name__)
 
-KEEP_VERSIONS = 2  # the committed version and the one before it
+KEEP_VERSIONS = 2  # the committed version and the one before it, however old
+# A version replaced less than this long ago is kept too: a reader that resolved the link before
+# two quick commits (re-runs, the pipeline) may still be opening the files it listed.
+KEEP_SECONDS = 600
 
 
 def is_local(uri: str) -> bool:
@@ -55,10 +60,19 @@ def exists(uri: str, spark: Any = None) -> bool:
 def commit(staging: str, final: str, spark: Any = None) -> None:
     """Move the complete table at ``staging`` to ``final`` atomically (see module docstring)."""
     if is_local(final):
-        _commit_local(local_path(staging), local_path(final))
+        _commit_local(local_path(staging), _link_path(final))
     else:
         _commit_hadoop(spark, staging, final)
     log.info("committed %s", final)
+
+
+def _link_path(uri: str) -> Path:
+    """The local path of a table's link itself: ``local_path`` resolves a plain path's symlinks, which
+    would commit into the version folder the link points at instead of swapping the link."""
+    if uri.startswith("file://"):
+        return local_path(uri)
+    path = Path(uri).expanduser()
+    return local_path(str(path.parent)) / path.name
 
 
 def _commit_local(staging: Path, final: Path) -> None:
@@ -71,9 +85,16 @@ def _commit_local(staging: Path, final: Path) -> None:
     link = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:8]}"
     os.symlink(version.name, link)
     os.replace(link, final)
-    versions = sorted(final.parent.glob(f".{final.name}.v*"), key=lambda p: int(p.name.rsplit(".v", 1)[1]))
-    for old in versions[:-KEEP_VERSIONS]:
-        shutil.rmtree(old, ignore_errors=True)
+    versions = sorted(final.parent.glob(f".{final.name}.v*"), key=_version_ns)
+    now = time.time_ns()
+    for old, successor in zip(versions[:-KEEP_VERSIONS], versions[1:], strict=False):
+        if now - _version_ns(successor) > KEEP_SECONDS * 1_000_000_000:  # replaced long enough ago
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _version_ns(path: Path) -> int:
+    """The commit time in the name of a version folder ``.name.v<ns>``."""
+    return int(path.name.rsplit(".v", 1)[1])
 
 
 def _commit_hadoop(spark: Any, staging: str, final: str) -> None:
