@@ -215,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--sample", type=int, default=2000)
-    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--shards", type=int, default=None, help="knn.shards for the job (default: conf/local.yaml)")
     parser.add_argument("--scales", default="1,2,4")
+    parser.add_argument("--scale-base", type=int, default=0, help="songs at scale 1 of the growth runs (0 = N)")
     parser.add_argument("--skip", default="", help="comma list of methods to skip: pynndescent,lsh,exact")
     parser.add_argument("--lsh-tables", type=int, default=4)
     parser.add_argument("--lsh-bucket", type=float, default=0.5, help="bucketLength as a multiple of the threshold")
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     k = args.k
+    knn_cfg = load_config(ROOT / "conf" / "local.yaml").knn
+    args.shards = args.shards or knn_cfg.shards
 
     source = Path(args.embeddings)
     if source.exists():
@@ -257,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[str, float, float, int]] = []
     try:
         write_embeddings(work, ids, vectors)
-        knn_cfg = load_config(ROOT / "conf" / "local.yaml").knn
         manifest, secs, peak = timed(run_job(spark, work, k, args.shards))
         results.append(("1. songrec job (Spark + hnswlib shards)", secs, recall(job_lists(work, ids, sample, k)), peak))
         print(f"  job: {secs:.1f}s {manifest['timings']}", flush=True)
@@ -285,16 +287,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, secs, rec, peak in results:
             print(f"{name:<44}{secs:>9.1f}{secs / base:>11.2f}{rec:>11.4f}{peak / 2**30:>13.2f}")
 
-        print(f"\nsongrec job at {args.scales} x {n} songs (generated clustered vectors)")
+        unit = args.scale_base or n
+        print(f"\nsongrec job at {args.scales} x {unit} songs (generated clustered vectors)")
         print(f"{'scale':>6}{'songs':>11}{'wall s':>9}{'x scale 1':>11}{'us/song':>9}")
         first = None
         for scale in [int(s) for s in args.scales.split(",")]:
-            s_ids, s_vec = clustered(n * scale, vectors.shape[1], seed=scale)
+            s_ids, s_vec = clustered(unit * scale, vectors.shape[1], seed=scale)
             write_embeddings(work, s_ids, s_vec)
             _, secs, _ = timed(run_job(spark, work, k, args.shards))
             first = first or secs
             print(
-                f"{scale:>6}{n * scale:>11}{secs:>9.1f}{secs / first:>11.2f}{secs / (n * scale) * 1e6:>9.1f}",
+                f"{scale:>6}{unit * scale:>11}{secs:>9.1f}{secs / first:>11.2f}{secs / (unit * scale) * 1e6:>9.1f}",
                 flush=True,
             )
     finally:

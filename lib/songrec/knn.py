@@ -267,6 +267,8 @@ def build_neighbors(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     df, n, dim, sizes = _load_embeddings(spark, cfg)
     k = min(knn.k, n - 1)
+    if k < knn.k:
+        log.warning("knn: knn.k=%d but the catalogue has %d songs: every song gets its %d other songs", knn.k, n, k)
     biggest = max(sizes.values())
     if biggest > knn.max_shard_rows:
         raise InputError(
