@@ -94,18 +94,26 @@ def spark_run(spark, path: Path, work: Path) -> tuple[float, dict]:
     return time.perf_counter() - start, result
 
 
-def scaled_file(path: Path, factor: int) -> Path:
-    """The file repeated ``factor`` times (one header): the same rows, so the work per row is the same."""
+def scaled_file(path: Path, factor: float) -> Path:
+    """The file at ``factor`` x its rows (one header): a multiple repeats the body, a fraction keeps its first lines."""
     if factor == 1:
         return path
-    out = path.with_name(f"x{factor}.csv")
-    if not out.exists():
-        with path.open("rb") as src:
-            header = src.readline()
+    out = path.with_name(f"x{factor:g}.csv")
+    if out.exists():
+        return out
+    with path.open("rb") as src, out.open("wb") as dst:
+        dst.write(src.readline())
+        if factor < 1:
+            lines = sum(1 for _ in src)
+            src.seek(0)
+            src.readline()
+            for i, line in enumerate(src):
+                if i >= int(lines * factor):
+                    break
+                dst.write(line)
+        else:
             body = src.read()
-        with out.open("wb") as dst:
-            dst.write(header)
-            for _ in range(factor):
+            for _ in range(int(factor)):
                 dst.write(body)
     return out
 
@@ -114,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=551443)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--scales", default="1", help="comma-separated multiples of --rows for the Spark timing")
+    parser.add_argument(
+        "--scales", default="1", help="comma-separated multiples of --rows for the Spark timing (0.25 = first quarter)"
+    )
     parser.add_argument("--skip-pandas", action="store_true")
     args = parser.parse_args(argv)
-    scales = [int(s) for s in args.scales.split(",") if s.strip()]
+    scales = [float(s) for s in args.scales.split(",") if s.strip()]
 
     from pyspark.sql import SparkSession
 
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         scaled = scaled_file(path, factor)
         seconds, result = spark_run(spark, scaled, path.parent / f"run-x{factor}")
         results.append((factor, seconds, result))
-        print(f"spark x{factor}: {seconds:.1f} s, {result['read'] / seconds:,.0f} rows/s, steps {result['timings']}")
+        print(f"spark x{factor:g}: {seconds:.1f} s, {result['read'] / seconds:,.0f} rows/s, steps {result['timings']}")
     jvm_mb = jvm_rss_mb(spark)
     spark.stop()
 
@@ -145,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_pandas:
         base_seconds, read, clean = pandas_baseline(path)
 
-    spark_1x = next(s for f, s, _ in results if f == scales[0])
-    rows_1x = args.rows * scales[0]
+    spark_1x = next((s for f, s, _ in results if f == 1), results[0][1])
     print()
     print(f"{'run':<28}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'vs pandas':>11}")
     if base_seconds is not None:
@@ -154,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<28}{read:>12,}{base_seconds:>10.1f}{read / base_seconds:>12,.0f}{1.0:>11.2f}")
     for factor, seconds, result in results:
         ratio = f"{seconds / base_seconds / factor:>11.2f}" if base_seconds else f"{'-':>11}"
-        print(f"{'spark preprocess x' + str(factor):<28}{result['read']:>12,}{seconds:>10.1f}"
+        print(f"{'spark preprocess x' + format(factor, 'g'):<28}{result['read']:>12,}{seconds:>10.1f}"
               f"{result['read'] / seconds:>12,.0f}{ratio}")  # fmt: skip
     if len(results) > 1:
-        growth = ", ".join(f"x{f}: {s / spark_1x:.2f}" for f, s, _ in results)
-        print(f"time relative to x{scales[0]} (linear = the factor): {growth}")
-    print(f"spark x{scales[0]} / pandas time: " + (f"{spark_1x / base_seconds:.2f}" if base_seconds else "n/a")
-          + f" for {rows_1x:,} rows")  # fmt: skip
+        first_f, first_s = results[0][0], results[0][1]
+        growth = ", ".join(f"x{f / first_f:g} rows: {s / first_s:.2f}" for f, s, _ in results)
+        print(f"time relative to the smallest run (linear = the row factor): {growth}")
+    print("spark x1 / pandas time: " + (f"{spark_1x / base_seconds:.2f}" if base_seconds else "n/a")
+          + f" for {args.rows:,} rows")  # fmt: skip
     print(f"peak RSS: python {peak_rss_mb():,.0f} MB (self + children), Spark JVM {jvm_mb:,.0f} MB")
     return 0
 

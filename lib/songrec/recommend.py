@@ -63,10 +63,12 @@ class Run:
     root: Path
 
     def table(self, name: str) -> Path:
+        """The table's committed version folder: the link is resolved once, so a lookup reads one version
+        even when a job commits a new one meanwhile (see songrec.io)."""
         path = self.root / name
         if not path.exists():
             raise InputError(f"{path} does not exist: is {self.root} a finished songrec run?")
-        return path
+        return path.resolve()
 
     def glob(self, name: str) -> str:
         return str(self.table(name) / "**" / "*.parquet")
