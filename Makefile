@@ -10,7 +10,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install check-system test lint run browser bench-preprocess bench-train bench-knn test-slow clean
+.PHONY: install check-system test lint run browser bench-preprocess bench-train bench-knn test-slow test-cluster pack clean
 
 install: $(STAMP)
 
@@ -43,6 +43,18 @@ test: install lint browser
 
 test-slow: install
 	$(VENV)/bin/pytest -m "slow"
+
+# A real Spark standalone cluster on 127.0.0.1 (master + 2 workers, started and stopped by pid by
+# tests/cluster.py): the whole pipeline submitted to it, compared with local mode; --pack shipping.
+test-cluster: install
+	$(VENV)/bin/pytest -m "cluster" -p no:cacheprovider --durations=10
+
+# The venv as an archive for `spark-submit --archives build/env.tar.gz#environment` (spark-submit.sh
+# --pack): torch, pyarrow and hnswlib reach executors that lack them. Rebuilt when the venv changes.
+pack: build/env.tar.gz
+
+build/env.tar.gz: $(STAMP)
+	$(PY) -m songrec.pack --prefix $(VENV) --output $@
 
 # The main job on the embedded default: generate a stand-in dataset (unless INPUT names a real
 # spotify_dataset.csv), run every stage in one Spark application, then show what it produced.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from songrec.config import load_config
+from songrec.config import ConfigError, load_config
 from songrec.submit import submit_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +65,38 @@ def test_real_submit_from_another_directory_with_awkward_paths(tmp_path):
     csv = base / "raw" / "songs.csv"
     assert csv.is_file()
     assert sum(1 for _ in csv.open(encoding="utf-8")) >= 300
+
+
+def test_pack_options_ship_the_archive_as_environment():
+    cfg = load_config(ROOT / "conf" / "test.yaml")
+    opts = submit_options(
+        cfg, "spark://127.0.0.1:7077", archive="/x/build/env.tar.gz", driver_python="/x/.venv/bin/python"
+    )
+    pairs = dict(zip(opts[::2], opts[1::2], strict=True))
+    assert pairs["--archives"] == "/x/build/env.tar.gz#environment"
+    confs = [v for k, v in zip(opts[::2], opts[1::2], strict=True) if k == "--conf"]
+    assert "spark.pyspark.python=./environment/bin/python" in confs
+    assert "spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python" in confs
+    assert "spark.pyspark.driver.python=/x/.venv/bin/python" in confs  # client mode: the driver runs here
+    cluster_mode = submit_options(cfg, "yarn", archive="/x/build/env.tar.gz")
+    assert not any(o.startswith("spark.pyspark.driver.python") for o in cluster_mode)
+    assert "--archives" not in submit_options(cfg, "spark://127.0.0.1:7077")
+
+
+def test_pack_with_a_local_master_is_refused_before_spark_starts():
+    with pytest.raises(ConfigError, match="--pack"):
+        submit_options(load_config(ROOT / "conf" / "test.yaml"), "local[2]", archive="env.tar.gz")
+    # Through the script: refused with exit status 2 before any archive is built or Spark started.
+    out = _run("--master", "local[2]", "--conf-file", str(ROOT / "conf" / "test.yaml"), "--pack", "generate")
+    assert out.returncode == 2 and "--pack" in out.stderr and "packing" not in out.stderr, out.stderr[-2000:]
+
+
+def test_pack_excludes_only_our_own_editable_install(tmp_path):
+    from songrec.pack import editable_locations
+
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "__editable__.songrec-0.1.0.pth").write_text(f"{ROOT / 'lib'}\n")
+    (site / "distutils-precedence.pth").write_text("import os; os.environ.get('X')\n")
+    (site / "inside.pth").write_text("vendored\n")
+    assert editable_locations(tmp_path / "venv") == [str(ROOT / "lib")]

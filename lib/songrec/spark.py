@@ -3,7 +3,8 @@
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -87,3 +88,43 @@ def job_main(
     finally:
         if created:
             spark.stop()
+
+
+# What the executors must be able to import for every stage (native parts cannot ride --py-files).
+EXECUTOR_MODULES = ("songrec", "numpy", "pandas", "pyarrow", "torch", "hnswlib", "petastorm")
+
+
+def executor_environment(spark: SparkSession, tasks: int | None = None) -> list[dict]:
+    """Where the executors run Python from and what they import (a deployment check, ``jobs/doctor.py``).
+
+    Args:
+        spark: the session.
+        tasks: tasks to run (default: the default parallelism, so every executor core gets one).
+
+    Returns:
+        One report per task: ``{"executable", "prefix", "python", "cwd", "pid", "modules"}``, where
+        ``modules`` maps each of :data:`EXECUTOR_MODULES` to ``"version @ file"`` or ``"ERROR ..."``.
+    """
+    modules = EXECUTOR_MODULES
+
+    def probe(_: Iterator[Any]) -> Iterator[dict]:
+        import importlib
+        import os
+        import platform
+        import sys
+
+        found = {}
+        for name in modules:
+            try:
+                module = importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised: the point is to list every problem
+                found[name] = f"ERROR {type(exc).__name__}: {exc}"
+                continue
+            found[name] = f"{getattr(module, '__version__', '?')} @ {getattr(module, '__file__', '?')}"
+        yield {
+            "executable": sys.executable, "prefix": sys.prefix, "python": platform.python_version(),
+            "cwd": os.getcwd(), "pid": os.getpid(), "modules": found,
+        }  # fmt: skip
+
+    n = tasks or spark.sparkContext.defaultParallelism
+    return spark.sparkContext.parallelize(range(n), n).mapPartitions(probe).collect()
