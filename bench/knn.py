@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     from songrec.spark import get_spark, setup_logging
 
     setup_logging("WARNING")
-    cfg = load_config(ROOT / "conf" / "local.yaml", ['spark.conf={"spark.ui.showConsoleProgress": "false"}'])
+    cfg = load_config(ROOT / "conf" / "local.yaml")
+    # Not under spark-submit: the driver JVM starts here, so its heap must be set here (local mode: the whole cluster).
+    cfg.spark.conf.update({"spark.ui.showConsoleProgress": "false", "spark.driver.memory": cfg.spark.driver_memory})
     spark, _ = get_spark(cfg, "bench-knn")
     work = Path(tempfile.mkdtemp(prefix="songrec-bench-knn-", dir=ROOT / "data" if (ROOT / "data").exists() else None))
     results: list[tuple[str, float, float, int]] = []
