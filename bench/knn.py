@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embeddings", default=str(ROOT / "data" / "bench" / "run" / "embeddings"))
     parser.add_argument("--n", type=int, default=551_443, help="generated songs when --embeddings is absent")
     parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N songs of --embeddings (0 = all)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--shards", type=int, default=None, help="knn.shards for the job (default: conf/local.yaml)")
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     if source.exists():
         ids, vectors = read_embeddings(source)
         origin = f"embeddings {source}"
+        if args.limit:
+            ids, vectors = ids[: args.limit], vectors[: args.limit]
+            origin += f", first {len(ids)} songs"
     else:
         ids, vectors = clustered(args.n, args.dim, seed=0)
         origin = f"generated clustered unit vectors (no {source})"
