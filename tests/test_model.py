@@ -1,5 +1,6 @@
 """The autoencoder, its loss and the encoder artefacts; the Petastorm feed's shapes and shards."""
 
+import dataclasses
 import io
 import json
 import math
@@ -18,6 +19,7 @@ from songrec.model import (
     ModelSpec,
     artist_softmax_loss,
     autoencoder_loss,
+    contrastive_loss,
     encode_batch,
     load_encoder,
     spec_dict,
@@ -42,23 +44,64 @@ def _batch(n: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def test_loss_is_finite_and_trains():
-    torch.manual_seed(0)
-    model = Autoencoder(SPEC)
-    batch = {k: torch.from_numpy(v) for k, v in _batch(256).items()}
+def _fit(model, batch, weights, steps):
+    """Train ``model`` on one fixed batch; the ``(loss, parts)`` of every step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    weights = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
-    losses = []
-    for _ in range(60):
+    history = []
+    for _ in range(steps):
         loss, parts = autoencoder_loss(model, batch, weights)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
-    assert set(parts) == {"numeric", "genre", "emotion", "lyrics", "artist"}
+        history.append((float(loss.detach()), parts))
+    return history
+
+
+def test_loss_is_finite_and_trains():
+    torch.manual_seed(0)
+    model = Autoencoder(SPEC)
+    batch = {k: torch.from_numpy(v) for k, v in _batch(256).items()}
+    weights = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
+    history = _fit(model, batch, weights, steps=60)
+    losses = [loss for loss, _ in history]
+    assert set(history[-1][1]) == {"numeric", "genre", "emotion", "lyrics", "artist"}
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.7 * losses[0]
     assert model.encoder.artist.weight.grad.abs().sum() > 0  # the artist table is trained by the loss
+
+
+def test_contrast_zero_is_the_reconstruction_loss_and_contrast_trains():
+    batch = {k: torch.from_numpy(v) for k, v in _batch(256).items()}
+    plain = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
+    results = []
+    for weights in (plain, dataclasses.replace(plain, contrast=0.0)):
+        torch.manual_seed(0)
+        model = Autoencoder(SPEC)
+        loss, parts = autoencoder_loss(model, batch, weights)
+        results.append((float(loss.detach()), parts))
+    assert results[0] == results[1] and "contrast" not in results[0][1]  # 0 disables the term exactly
+    total, parts = results[0]
+    reconstruction = parts["numeric"] + parts["genre"] + parts["emotion"] + parts["lyrics"] + 0.5 * parts["artist"]
+    assert math.isclose(total, reconstruction, rel_tol=1e-5)  # nothing but the reconstruction terms
+    torch.manual_seed(0)
+    model = Autoencoder(dataclasses.replace(SPEC, dropout=0.1))
+    history = _fit(model, batch, dataclasses.replace(plain, contrast=1.0), steps=60)
+    assert all(math.isfinite(loss) for loss, _ in history)
+    contrast = [parts["contrast"] for _, parts in history]
+    assert contrast[-1] < 0.7 * contrast[0]
+    assert 0.0 < contrast[-1] < contrast[0] <= 2 * math.log(256)
+
+
+def test_contrastive_loss_blocks_and_extremes():
+    torch.manual_seed(0)
+    z = torch.randn(300, 8)
+    apart = contrastive_loss(z * 100, z * 100)  # each row's other view is itself: far the best logit
+    assert 0.0 <= float(apart) < float(contrastive_loss(z, torch.randn(300, 8)))
+    same = torch.ones(300, 8)  # collapsed: every candidate equal, the loss is log(block size) per row
+    expected = (256 * math.log(256) + 44 * math.log(44)) / 300
+    assert math.isclose(float(contrastive_loss(same, same, block=256)), expected, rel_tol=1e-5)
+    assert math.isclose(float(contrastive_loss(same, same, block=1024)), math.log(300), rel_tol=1e-5)
+    assert float(contrastive_loss(z[:1], z[:1])) == 0.0
 
 
 def test_collapsed_artist_table_gets_the_worst_artist_loss():

@@ -27,7 +27,7 @@ from songrec.errors import SongrecError
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("numeric", "genre", "emotion", "artist", "lyrics")  # the train.loss_* weights
+LOSS_TERMS = ("numeric", "genre", "emotion", "artist", "lyrics", "contrast")  # the train.loss_* weights
 
 DEFAULT_CONF = Path(__file__).resolve().parents[2] / "conf" / "local.yaml"
 
@@ -100,7 +100,7 @@ class TrainConf:
     num_processes: int = 2
     local_mode: bool = True
     use_gpu: str = "auto"  # auto | true | false
-    batch_size: int = 4096
+    batch_size: int = 512  # 4096 gave 50k songs 6 steps an epoch: too few to learn the clusters (hit 0.011 -> 0.043)
     max_epochs: int = 30
     patience: int = 4
     min_delta: float = 0.0005
@@ -121,6 +121,7 @@ class TrainConf:
     loss_emotion: float = 0.5
     loss_artist: float = 0.5
     loss_lyrics: float = 16.0  # lyric topic words carry most of what makes two songs alike
+    loss_contrast: float = 1.0  # in-batch InfoNCE between two dropout views of a song; 0 = off
     artist_negatives: int = 1024
     artist_dropout: float = 0.25  # fraction of songs whose artist input is hidden (id 0) in training
     schedule_epochs: int = 0  # cosine LR horizon in epochs; 0 = max_epochs

@@ -8,8 +8,8 @@ ids embedded by learned tables, index 0 = unknown: primary artist (``artist_dim`
 L2-normalises), so the decoder sees only the latent's direction (``normalize(z) * sqrt(d)``): what
 the decoder can use is exactly what the nearest-neighbour search compares.
 
-Loss (weights ``train.loss_*``), every target a fixed piece of data, never the output of a
-learned layer, so no term can be met by collapsing an embedding table:
+Loss (weights ``train.loss_*``). Every reconstruction target is a fixed piece of data, never the
+output of a learned layer, so no term can be met by collapsing an embedding table:
 
 - numeric: MSE on the standardised values;
 - genre: binary cross-entropy with logits over the multi-hot, summed over tokens;
@@ -22,6 +22,19 @@ learned layer, so no term can be met by collapsing an embedding table:
   ``log(1 + negatives)``, its maximum, so the artist rows are pushed apart and toward the content
   of their songs. Uniform sampling needs no log-Q correction (the proposal is constant), and the
   cost is ``batch x negatives x artist_dim`` instead of a full softmax over ~127k artists.
+
+And one term whose target is learned:
+
+- contrast (``train.loss_contrast``, 0 = off): the batch goes through the model twice in one forward
+  pass, each copy with its own dropout and artist-dropout draws, and a symmetric InfoNCE (cosine /
+  ``CONTRAST_TEMPERATURE``) asks each song's two latents to pick each other out of the rank's batch
+  (in blocks of at most ``CONTRAST_BLOCK`` songs). Reconstruction alone keeps what is cheap to
+  decode (style, genre, emotion) and lets the rest of a song blur; telling every song from hundreds
+  of others keeps the finer evidence (a cluster's lyric topic words, its audio offset, its artists)
+  that puts songs of the same small cluster next to each other (50k generated songs, batch 512, 12
+  epochs: similar-song hit rate@20 0.043 -> 0.051, planted-style precision@10 0.76 -> 0.74; it
+  doubles the cost of a training step). A collapsed encoder gets this term's maximum,
+  ``log(block)``, so it pushes songs apart, never together.
 
 Artist input dropout (``train.artist_dropout``): during training the encoder sees artist 0
 (unknown) for that fraction of songs while the artist term still asks for the true artist, so the
@@ -193,6 +206,7 @@ class LossWeights:
     artist: float
     lyrics: float
     artist_negatives: int
+    contrast: float = 0.0
 
     @classmethod
     def from_train(cls, train: dict[str, Any]) -> "LossWeights":
@@ -204,6 +218,7 @@ class LossWeights:
             artist=float(train["loss_artist"]),
             lyrics=float(train["loss_lyrics"]),
             artist_negatives=int(train["artist_negatives"]),
+            contrast=float(train.get("loss_contrast", 0.0)),
         )
 
 
@@ -236,6 +251,41 @@ def artist_softmax_loss(query: torch.Tensor, table: torch.Tensor, artist: torch.
     return _masked_mean(per_row, known)
 
 
+CONTRAST_TEMPERATURE = 0.1
+# Negatives per row of the contrastive term: rows are compared within blocks of this many, so the cost
+# is B x 1024 logits, not B x B (a 4096-row batch's full matrix cost as much as the rest of the model).
+CONTRAST_BLOCK = 1024
+
+
+def contrastive_loss(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = CONTRAST_TEMPERATURE, block: int = CONTRAST_BLOCK
+) -> torch.Tensor:
+    """Symmetric InfoNCE between two views of the same songs, other songs of the batch as negatives.
+
+    Args:
+        z1: ``[B, D]`` latents of the first view (not normalised; compared by cosine, as the kNN does).
+        z2: ``[B, D]`` latents of the second view of the same rows.
+        temperature: softmax temperature of the cosine logits.
+        block: rows are compared within consecutive blocks of this many (the batch is already shuffled).
+
+    Returns:
+        The mean cross-entropy of picking each row's other view among its block (0 for ``B < 2``).
+    """
+    if len(z1) < 2:
+        return z1.sum() * 0.0
+    a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    total = a.new_zeros(())
+    for lo in range(0, len(a), block):
+        hi = min(lo + block, len(a))
+        if hi - lo < 2:
+            continue  # a lone row has no negative: nothing to learn
+        logits = a[lo:hi] @ b[lo:hi].T / temperature
+        labels = torch.arange(hi - lo, device=a.device)
+        pair = F.cross_entropy(logits, labels, reduction="sum") + F.cross_entropy(logits.T, labels, reduction="sum")
+        total = total + 0.5 * pair
+    return total / len(a)
+
+
 def autoencoder_loss(
     model: nn.Module, batch: dict[str, torch.Tensor], weights: LossWeights
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -249,7 +299,11 @@ def autoencoder_loss(
     Returns:
         ``(total, parts)``: the scalar loss to back-propagate and each unweighted term as a float.
     """
-    _, out = model(batch)
+    if weights.contrast > 0:
+        # Two views in one forward pass (one DDP forward per backward): the batch twice, each copy with
+        # its own dropout and artist-dropout draws.
+        batch = {k: torch.cat([v, v]) for k, v in batch.items()}
+    z, out = model(batch)
     core = model.module if hasattr(model, "module") else model
     numeric = F.mse_loss(out["numeric"].float(), batch["numeric"].float())
     genres = F.binary_cross_entropy_with_logits(out["genres"].float(), batch["genres"].float(), reduction="sum") / max(
@@ -275,6 +329,11 @@ def autoencoder_loss(
         + weights.lyrics * lyrics
         + weights.artist * artist
     )
+    contrast = None
+    if weights.contrast > 0:
+        z1, z2 = z.chunk(2)
+        contrast = contrastive_loss(z1, z2)
+        total = total + weights.contrast * contrast
     parts = {
         "numeric": float(numeric.detach()),
         "genre": float(genres.detach()),
@@ -282,6 +341,8 @@ def autoencoder_loss(
         "lyrics": float(lyrics.detach()),
         "artist": float(artist.detach()),
     }
+    if contrast is not None:
+        parts["contrast"] = float(contrast.detach())
     return total, parts
 
 
