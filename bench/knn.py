@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--shards", type=int, default=None, help="knn.shards for the job (default: conf/local.yaml)")
-    parser.add_argument("--scales", default="1,2,4")
+    parser.add_argument("--scales", default="1,2,4", help="growth runs at these multiples of --scale-base ('' = none)")
     parser.add_argument("--scale-base", type=int, default=0, help="songs at scale 1 of the growth runs (0 = N)")
     parser.add_argument("--skip", default="", help="comma list of methods to skip: pynndescent,lsh,exact")
     parser.add_argument("--lsh-tables", type=int, default=4)
@@ -293,19 +293,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, secs, rec, peak in results:
             print(f"{name:<44}{secs:>9.1f}{secs / base:>11.2f}{rec:>11.4f}{peak / 2**30:>13.2f}")
 
-        unit = args.scale_base or n
-        print(f"\nsongrec job at {args.scales} x {unit} songs (generated clustered vectors)")
-        print(f"{'scale':>6}{'songs':>11}{'wall s':>9}{'x scale 1':>11}{'us/song':>9}")
-        first = None
-        for scale in [int(s) for s in args.scales.split(",")]:
-            s_ids, s_vec = clustered(unit * scale, vectors.shape[1], seed=scale)
-            write_embeddings(work, s_ids, s_vec)
-            _, secs, _ = timed(run_job(spark, work, k, args.shards))
-            first = first or secs
-            print(
-                f"{scale:>6}{unit * scale:>11}{secs:>9.1f}{secs / first:>11.2f}{secs / (unit * scale) * 1e6:>9.1f}",
-                flush=True,
-            )
+        if args.scales:  # '' skips the growth runs
+            unit = args.scale_base or n
+            print(f"\nsongrec job at {args.scales} x {unit} songs (generated clustered vectors)")
+            print(f"{'scale':>6}{'songs':>11}{'wall s':>9}{'x scale 1':>11}{'us/song':>9}")
+            first = None
+            for scale in [int(s) for s in args.scales.split(",")]:
+                s_ids, s_vec = clustered(unit * scale, vectors.shape[1], seed=scale)
+                write_embeddings(work, s_ids, s_vec)
+                _, secs, _ = timed(run_job(spark, work, k, args.shards))
+                first = first or secs
+                print(
+                    f"{scale:>6}{unit * scale:>11}{secs:>9.1f}{secs / first:>11.2f}{secs / (unit * scale) * 1e6:>9.1f}",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         spark.stop()

@@ -4,7 +4,7 @@
 
 Reads ``ROOT/features`` and ``ROOT/meta`` (default: the full-size run under data/bench/run). For
 each rank count, DDP ranks (gloo on CPU, NCCL on GPU) train the same model as ``songrec.train``
-with the same batch size and cores: first an untimed in-memory warm-up epoch, then one epoch fed by
+with the same batch size and cores: first an untimed in-memory warm-up (30 steps), then one epoch fed by
 Petastorm (make_batch_reader + BatchedDataLoader with the shuffling buffer) and one epoch over the
 same shard held as tensors (the data-loading ceiling), interleaved ``--repeats`` times, best kept.
 The ratio Petastorm / in-memory is the figure of merit (target >= 0.8). No Spark is needed: it
@@ -29,6 +29,9 @@ import torch.multiprocessing as mp
 from songrec.config import DEFAULT_CONF, load_config, to_uri
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+WARMUP_STEPS = 30
 
 
 def _free_port() -> int:
@@ -78,11 +81,11 @@ def _step(ctx: dict, batch: dict) -> None:
     ctx["scheduler"].step()
 
 
-def _memory_epoch(ctx: dict, data: dict) -> tuple[int, float]:
-    rows = len(data["numeric"])
+def _memory_epoch(ctx: dict, data: dict, max_rows: int | None = None) -> tuple[int, float]:
+    rows = min(len(data["numeric"]), max_rows or len(data["numeric"]))
     batch_size = ctx["train"]["batch_size"]
     t0 = time.perf_counter()
-    order = torch.randperm(rows)
+    order = torch.randperm(len(data["numeric"]))
     with ctx["model"].join(divide_by_initial_world_size=False):
         for start in range(0, rows, batch_size):
             idx = order[start : start + batch_size]
@@ -132,7 +135,8 @@ def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
     data = {k: torch.from_numpy(v) for k, v in read_split(spec["features_uri"], "train", rank, world).items()}
     data.pop("song_id")
     load_s = time.perf_counter() - t0
-    _memory_epoch(ctx, data)  # warm-up: allocator, thread pools, first-touch of the weights
+    # Warm-up (allocator, thread pools, first touch of the weights): WARMUP_STEPS steps, not a whole epoch.
+    _memory_epoch(ctx, data, max_rows=WARMUP_STEPS * spec["train"]["batch_size"])
     figures: dict = {}
     # Interleaved repeats, best of each: on a shared machine a burst of load hits one epoch, not one feed.
     for repeat in range(spec["repeats"]):
