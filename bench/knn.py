@@ -155,10 +155,11 @@ def drop_self(labels: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def pynndescent_graph(vectors: np.ndarray, k: int) -> np.ndarray:
+def pynndescent_graph(vectors: np.ndarray, k: int, neighbors: int) -> np.ndarray:
+    """The all-pairs graph with ``neighbors`` per song (> k + 1 buys recall), cut to the top k."""
     from pynndescent import NNDescent
 
-    index = NNDescent(vectors, metric="cosine", n_neighbors=k + 1, random_state=0, n_jobs=CORES)
+    index = NNDescent(vectors, metric="cosine", n_neighbors=max(neighbors, k + 1), random_state=0, n_jobs=CORES)
     labels, _ = index.neighbor_graph
     return drop_self(labels.astype(np.int64), k)
 
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=None, help="knn.shards for the job (default: conf/local.yaml)")
     parser.add_argument("--scales", default="1,2,4", help="growth runs at these multiples of --scale-base ('' = none)")
     parser.add_argument("--scale-base", type=int, default=0, help="songs at scale 1 of the growth runs (0 = N)")
+    parser.add_argument(
+        "--pynndescent-neighbors", default="", help="comma list of PyNNDescent n_neighbors to time (default: k+1)"
+    )
     parser.add_argument("--skip", default="", help="comma list of methods to skip: pynndescent,lsh,exact")
     parser.add_argument("--lsh-tables", type=int, default=4)
     parser.add_argument("--lsh-bucket", type=float, default=0.5, help="bucketLength as a multiple of the threshold")
@@ -274,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(("2. hnswlib single process", secs, recall(lists[sample]), peak))
         if "pynndescent" not in skip:
             pynndescent_warm_up(vectors, k)
-            lists, secs, peak = timed(lambda: pynndescent_graph(vectors, k))
-            results.append(("3. PyNNDescent kNN graph", secs, recall(lists[sample]), peak))
+            widths = [int(x) for x in args.pynndescent_neighbors.split(",")] if args.pynndescent_neighbors else [k + 1]
+            for nn in widths:
+                lists, secs, peak = timed(lambda nn=nn: pynndescent_graph(vectors, k, nn))
+                results.append((f"3. PyNNDescent kNN graph (n_neighbors={nn})", secs, recall(lists[sample]), peak))
         if "lsh" in skip or n > args.lsh_max_n:
             print(f"  Spark LSH skipped (N={n} > --lsh-max-n={args.lsh_max_n} or --skip lsh)", flush=True)
         else:
