@@ -174,7 +174,7 @@ def _executor_logs(base: Path) -> str:
 @pytest.mark.cluster
 def test_knn_survives_a_lost_worker(finished, tmp_path):
     """Standalone cluster of 3 one-core workers, the app capped at 2 cores (one worker is the spare). Once the
-    neighbour table's write job runs and its stage has finished some tasks, one executor JVM and its
+    shard indexes are built and a stage of the query + write pass has finished some tasks, one executor JVM and its
     worker daemon are SIGKILLed (a worker lost with its shuffle files). The job must finish on the spare
     worker and write exactly the fault-free table (the local-mode table of ``finished``)."""
     cfg = fresh_copy(finished, tmp_path)
@@ -183,19 +183,21 @@ def test_knn_survives_a_lost_worker(finished, tmp_path):
     ui = free_port()
     with standalone_cluster(tmp_path / "cluster", workers=3, cores=1, memory="2g") as cluster:
         proc = submit(
-            cfg, "knn", "knn.query_partitions=16", "spark.executor_memory=1g", "spark.executor_cores=1",
+            cfg, "knn", "knn.query_partitions=32", "spark.executor_memory=1g", "spark.executor_cores=1",
             log=log, master=cluster.master_url,
             spark_opts=("--conf", "spark.cores.max=2", "--conf", f"spark.ui.port={ui}"),
         )  # fmt: skip
 
-        def mid_write() -> list[dict]:
-            if not staging(cfg, "neighbors"):
-                return []  # the build pass: the table's write job has not started
+        def mid_query() -> list[dict]:
+            # Gate on the job's own log line, not the staging folder: under AQE the query pass (the shuffle map
+            # stage feeding the write) can run before the writer creates its staging folder.
+            if "shard indexes in" not in log.read_text(errors="replace"):
+                return []  # the build pass: the query + write pass has not started
             stages = _active_stages(f"http://127.0.0.1:{ui}")
             # Both executors busy (one core each), so whichever is killed loses a running task.
             return [s for s in stages if s["numCompleteTasks"] >= 1 and s["numActiveTasks"] >= 2]
 
-        stage = wait_until(mid_write, proc, log, "write stage with finished and running tasks")[0]
+        stage = wait_until(mid_query, proc, log, "query stage with finished and running tasks")[0]
         executors = cluster.executor_pids()
         assert len(executors) == 2, executors
         victim = executors[0]
