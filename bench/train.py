@@ -1,14 +1,16 @@
 """Training throughput: one epoch fed by Petastorm vs the same epoch from tensors already in memory.
 
-    .venv/bin/python bench/train.py [--root data/bench/run] [--ranks 1,2] [--set train.batch_size=4096 ...]
+    .venv/bin/python bench/train.py [--root data/bench/run] [--ranks 1,2] [--dense-steps 100] [--set key=value ...]
 
 Reads ``ROOT/features`` and ``ROOT/meta`` (default: the full-size run under data/bench/run). For
 each rank count, DDP ranks (gloo on CPU, NCCL on GPU) train the same model as ``songrec.train``
 with the same batch size and cores: first an untimed in-memory warm-up (30 steps), then one epoch fed by
 Petastorm (make_batch_reader + BatchedDataLoader with the shuffling buffer) and one epoch over the
 same shard held as tensors (the data-loading ceiling), interleaved ``--repeats`` times, best kept.
-The ratio Petastorm / in-memory is the figure of merit (target >= 0.8). No Spark is needed: it
-runs on a GPU box with torch only.
+The ratio Petastorm / in-memory is the figure of merit (target >= 0.8). On CPU it then times
+``--dense-steps`` in-memory steps with the artist table's gradient sparse (the default on CPU) and
+dense (the design before), so the gain of sparse gradients is a ratio from one run. No Spark is
+needed: it runs on a GPU box with torch only.
 """
 
 import argparse
@@ -27,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from songrec.config import DEFAULT_CONF, load_config, to_uri
+from songrec.train_loop import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,18 +72,6 @@ class PeakRss:
         self._thread.join()
 
 
-def _step(ctx: dict, batch: dict) -> None:
-    from songrec.model import autoencoder_loss
-
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
-        loss, _ = autoencoder_loss(ctx["model"], batch, ctx["weights"])
-    ctx["optimizer"].zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(ctx["model"].parameters(), ctx["train"]["grad_clip"])
-    ctx["optimizer"].step()
-    ctx["scheduler"].step()
-
-
 def _memory_epoch(ctx: dict, data: dict, max_rows: int | None = None) -> tuple[int, float]:
     rows = min(len(data["numeric"]), max_rows or len(data["numeric"]))
     batch_size = ctx["train"]["batch_size"]
@@ -89,7 +80,7 @@ def _memory_epoch(ctx: dict, data: dict, max_rows: int | None = None) -> tuple[i
     with ctx["model"].join(divide_by_initial_world_size=False):
         for start in range(0, rows, batch_size):
             idx = order[start : start + batch_size]
-            _step(ctx, {k: v[idx].to(ctx["device"], non_blocking=True) for k, v in data.items()})
+            train_step(ctx, {k: v[idx].to(ctx["device"], non_blocking=True) for k, v in data.items()})
     if ctx["amp"]:
         torch.cuda.synchronize()
     return rows, time.perf_counter() - t0
@@ -106,7 +97,7 @@ def _petastorm_epoch(ctx: dict, epoch: int) -> tuple[int, float]:
     ) as loader:  # fmt: skip
         for batch in loader:
             rows += len(batch["numeric"])
-            _step(ctx, to_device(batch, ctx["device"]))
+            train_step(ctx, to_device(batch, ctx["device"]))
     if ctx["amp"]:
         torch.cuda.synchronize()
     return rows, time.perf_counter() - t0
@@ -152,6 +143,19 @@ def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             best = figures.get(name, {"seconds": float("inf")})["seconds"]
             figures[name] = {"rows": int(total_rows[0]), "seconds": min(best, float(slowest[0]))}
+    if spec["dense_steps"] and not amp:
+        # The same steps with the artist table's gradient dense (the design before sparse gradients).
+        rows_cap = spec["dense_steps"] * spec["train"]["batch_size"]
+        dense = dict(ctx, **_build(spec, device, sparse_artist=False))
+        _memory_epoch(dense, data, max_rows=WARMUP_STEPS * spec["train"]["batch_size"])
+        for name, run_ctx in (("sparse", ctx), ("dense", dense)):
+            dist.barrier()
+            rows, seconds = _memory_epoch(run_ctx, data, max_rows=rows_cap)
+            total_rows = torch.tensor([rows], dtype=torch.float64)
+            dist.all_reduce(total_rows)
+            slowest = torch.tensor([seconds], dtype=torch.float64)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            figures[f"artist-{name}"] = {"rows": int(total_rows[0]), "seconds": float(slowest[0])}
     if rank == 0:
         figures["load_s"] = load_s
         results[world] = figures
@@ -165,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run root holding features/ and meta/ (default: data/bench/run)")  # fmt: skip
     parser.add_argument("--ranks", default="1,2", help="comma-separated rank counts to compare")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timed epochs per feed (best is kept)")
+    parser.add_argument("--dense-steps", type=int, default=100,
+                        help="also time this many in-memory steps with a sparse and with a dense artist-table "
+                             "gradient (CPU only; 0 = skip)")  # fmt: skip
     parser.add_argument("--conf-file", default=str(DEFAULT_CONF))
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -175,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     use_gpu = torch.cuda.is_available()
     cores = len(os.sched_getaffinity(0))
     spec = {"train": cfg.to_dict()["train"], "features_meta": meta, "features_uri": to_uri(cfg.path("features")),
-            "use_gpu": use_gpu, "cores": cores, "repeats": args.repeats}  # fmt: skip
+            "use_gpu": use_gpu, "cores": cores, "repeats": args.repeats,
+            "dense_steps": args.dense_steps}  # fmt: skip
     ranks = [int(r) for r in args.ranks.split(",")]
     if use_gpu:
         ranks = [r for r in ranks if r <= torch.cuda.device_count()]
@@ -207,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("petastorm", "in-memory"):
             speed = (last[name]["rows"] / last[name]["seconds"]) / (first[name]["rows"] / first[name]["seconds"])
             print(f"{name}: {ranks[-1]} ranks vs {ranks[0]}: x{speed:.2f} rows/s")
+    for world in ranks:
+        fig = results[world]
+        if "artist-dense" in fig:
+            sparse, dense = (fig[f"artist-{n}"]["rows"] / fig[f"artist-{n}"]["seconds"] for n in ("sparse", "dense"))
+            print(f"{world} rank(s), in memory, {args.dense_steps} steps: artist-table gradient sparse {sparse:.0f} "
+                  f"rows/s, dense {dense:.0f} rows/s: sparse/dense x{sparse / dense:.2f}")  # fmt: skip
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(

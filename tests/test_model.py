@@ -166,3 +166,21 @@ def test_feed_gives_2d_arrays_and_disjoint_shards(spark, tmp_path):
     assert not ids[0] & ids[1]
     assert len(ids[0] | ids[1]) == meta["rows"]["train"]
     assert len(read_split(uri, "val")["song_id"]) == meta["rows"]["val"]
+
+
+def test_sparse_artist_table_gives_the_dense_loss_and_gradients():
+    batch = {k: torch.from_numpy(v) for k, v in _batch(64).items()}
+    weights = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16, contrast=1.0)
+    grads = []
+    for sparse in (False, True):
+        torch.manual_seed(0)  # same weights, same dropout and negative draws
+        model = Autoencoder(dataclasses.replace(SPEC, dropout=0.1), sparse_artist=sparse)
+        loss, _ = autoencoder_loss(model, batch, weights)
+        loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    dense, sparse = grads
+    assert sparse["encoder.artist.weight"].is_sparse and not dense["encoder.artist.weight"].is_sparse
+    assert not sparse["encoder.genre.weight"].is_sparse  # only the artist table goes sparse
+    for name, grad in dense.items():
+        other = sparse[name].to_dense() if sparse[name].is_sparse else sparse[name]
+        torch.testing.assert_close(other, grad, rtol=1e-5, atol=1e-6, msg=name)

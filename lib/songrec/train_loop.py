@@ -40,6 +40,7 @@ from songrec.model import Autoencoder, LossWeights, ModelSpec, autoencoder_loss,
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "epoch-"
+CHECKPOINT_FORMAT = 2  # 2: one "optimizer" entry holding every optimiser and schedule (Optimizers.state_dict)
 KEEP_CHECKPOINTS = 2
 # Keys of the train section that change the model or the data it sees: a checkpoint made with
 # other values cannot be resumed.
@@ -65,13 +66,104 @@ def _lr_lambda(warmup_steps: int, total_steps: int, floor: float = 0.05):
     return factor
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(model: torch.nn.Module, weight_decay: float, params: list[Any]) -> list[dict[str, Any]]:
     """Weight decay on weight matrices only: not on biases, and not on embedding rows a batch never touched."""
     decay, no_decay = [], []
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    for param in model.parameters():
+    for param in params:
         (no_decay if param.ndim < 2 or id(param) in embeddings else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Optimizers:
+    """The optimisers of one model and their learning-rate schedules, stepped, saved and loaded as one.
+
+    AdamW (decoupled weight decay on weight matrices) for the dense parameters; with a sparse artist
+    table (CPU, see :mod:`songrec.model`) ``SparseAdam`` for that table, which AdamW cannot step. Both
+    follow the same schedule (``lr_lambda``).
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, lr_lambda: Any):
+        sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+        sparse_ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        self.optimizers: list[torch.optim.Optimizer] = [
+            torch.optim.AdamW(_param_groups(model, weight_decay, dense), lr=lr)
+        ]
+        if sparse:
+            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda) for o in self.optimizers]
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One optimiser step of every parameter, then one schedule step."""
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return self.schedulers[0].get_last_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise InputError(
+                f"the checkpoint holds {len(state['optimizers'])} optimiser(s), this run has {len(self.optimizers)}: "
+                "a run on CPU (sparse artist table) cannot resume one made on GPU, or the other way round"
+            )
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+
+
+def clip_gradients(parameters: Any, max_norm: float) -> float:
+    """``clip_grad_norm_`` (2-norm over all gradients) that also takes sparse gradients.
+
+    ``torch.nn.utils.clip_grad_norm_`` cannot take a norm of a sparse tensor; a sparse gradient is
+    coalesced here (duplicate rows summed), so its norm is the norm of the dense gradient it stands for.
+
+    Returns:
+        The total norm before clipping.
+    """
+    grads = []
+    for param in parameters:
+        if param.grad is None:
+            continue
+        if param.grad.is_sparse:
+            param.grad = param.grad.coalesce()
+            grads.append(param.grad.values())
+        else:
+            grads.append(param.grad)
+    if not grads:
+        return 0.0
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return float(total)
+
+
+def train_step(ctx: dict[str, Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Forward, backward, clip and optimiser step on one batch; returns the (detached) loss."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+        loss, _ = autoencoder_loss(ctx["model"], batch, ctx["weights"])
+    ctx["optimizers"].zero_grad()
+    loss.backward()
+    if ctx["train"]["grad_clip"] > 0:
+        clip_gradients(ctx["model"].parameters(), ctx["train"]["grad_clip"])
+    ctx["optimizers"].step()
+    return loss.detach()
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -96,6 +188,11 @@ def _load_checkpoint(folder: Path, train: dict[str, Any]) -> dict[str, Any] | No
         log.warning("--resume: no checkpoint in %s, starting from scratch", folder)
         return None
     state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"checkpoint {found[-1]} was written by an older songrec (format {state.get('format', 1)}, this one "
+            f"reads {CHECKPOINT_FORMAT}): delete {folder} and train without --resume"
+        )
     for key in RESUME_KEYS:
         if state["train"].get(key) != train.get(key):
             raise InputError(
@@ -105,7 +202,7 @@ def _load_checkpoint(folder: Path, train: dict[str, Any]) -> dict[str, Any] | No
     return state
 
 
-def _sync_to_last_joiner(steps: int, optimizer: Any, scheduler: Any) -> None:
+def _sync_to_last_joiner(steps: int, optimizers: Optimizers) -> None:
     """Give every rank the optimiser and scheduler state of the rank DDP's join() took parameters from."""
     world = dist.get_world_size()
     gathered = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
@@ -114,11 +211,10 @@ def _sync_to_last_joiner(steps: int, optimizer: Any, scheduler: Any) -> None:
     if len(set(counts)) == 1:
         return  # equal work: every rank already holds the same state
     src = max(r for r, c in enumerate(counts) if c == max(counts))
-    payload = [optimizer.state_dict(), scheduler.state_dict()] if dist.get_rank() == src else [None, None]
+    payload = [optimizers.state_dict() if dist.get_rank() == src else None]
     dist.broadcast_object_list(payload, src=src)
     if dist.get_rank() != src:
-        optimizer.load_state_dict(payload[0])
-        scheduler.load_state_dict(payload[1])
+        optimizers.load_state_dict(payload[0])
 
 
 def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]:
@@ -129,7 +225,6 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
     seen: list[np.ndarray] = []
     sums = torch.zeros(3, dtype=torch.float64)  # weighted loss, rows, batches
     model.train(train)
-    target = model if train else model.module
     with open_loader(
         ctx["features_uri"], split, ctx["rank"], ctx["world"], cfg["batch_size"],
         shuffle_buffer=cfg["shuffle_buffer"] if train else 0, seed=cfg["seed"] + epoch,
@@ -140,18 +235,14 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
                 seen.append(raw.pop("song_id").numpy())
             batch = to_device(raw, device)
             rows = len(batch["numeric"])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
-                loss, _ = autoencoder_loss(target, batch, ctx["weights"])
             if train:
-                ctx["optimizer"].zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                ctx["optimizer"].step()
-                ctx["scheduler"].step()
+                loss = train_step(ctx, batch)
+            else:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
+                    loss, _ = autoencoder_loss(model.module, batch, ctx["weights"])
             sums += torch.tensor([float(loss.detach()) * rows, rows, 1], dtype=torch.float64)
     if train:
-        _sync_to_last_joiner(int(sums[2]), ctx["optimizer"], ctx["scheduler"])
+        _sync_to_last_joiner(int(sums[2]), ctx["optimizers"])
     if trace is not None:
         Path(trace).mkdir(parents=True, exist_ok=True)
         ids = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
@@ -160,20 +251,20 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
     return {"loss": float(sums[0] / max(sums[1], 1)), "rows": int(sums[1]), "batches": int(sums[2])}
 
 
-def _build(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _build(spec: dict[str, Any], device: torch.device, sparse_artist: bool | None = None) -> dict[str, Any]:
+    """Model, DDP wrapper and optimisers; the artist table is sparse on CPU unless ``sparse_artist`` says."""
     train = spec["train"]
     model_spec = ModelSpec.from_meta(spec["features_meta"], train)
-    model = Autoencoder(model_spec).to(device)
+    sparse = device.type == "cpu" if sparse_artist is None else sparse_artist
+    model = Autoencoder(model_spec, sparse_artist=sparse).to(device)
     world = dist.get_world_size()
     rows = int(spec["features_meta"].get("rows", {}).get("train", 0)) or train["batch_size"]
     steps_per_epoch = max(1, math.ceil(rows / world / train["batch_size"]))
     horizon = train.get("schedule_epochs") or train["max_epochs"]
-    optimizer = torch.optim.AdamW(_param_groups(model, train["weight_decay"]), lr=train["lr"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(max(1, int(train["warmup_epochs"] * steps_per_epoch)), horizon * steps_per_epoch)
-    )
+    schedule = _lr_lambda(max(1, int(train["warmup_epochs"] * steps_per_epoch)), horizon * steps_per_epoch)
+    optimizers = Optimizers(model, train["lr"], train["weight_decay"], schedule)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return {"spec": model_spec, "core": model, "model": ddp, "optimizer": optimizer, "scheduler": scheduler}
+    return {"spec": model_spec, "core": model, "model": ddp, "optimizers": optimizers}
 
 
 def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
@@ -202,8 +293,7 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
     state = _load_checkpoint(folder, train) if spec["resume"] else None
     if state is not None:
         ctx["core"].load_state_dict(state["model"])
-        ctx["optimizer"].load_state_dict(state["optimizer"])
-        ctx["scheduler"].load_state_dict(state["scheduler"])
+        ctx["optimizers"].load_state_dict(state["optimizer"])
         best_state, history, early, start = (
             state["best_model"],
             list(state["history"]),
@@ -224,7 +314,7 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
         record = {
             "epoch": epoch + 1, "train_loss": fit["loss"], "val_loss": val["loss"], "train_rows": fit["rows"],
             "val_rows": val["rows"], "rows_per_s": fit["rows"] / max(seconds, 1e-9), "epoch_s": seconds,
-            "elapsed_s": time.perf_counter() - began, "lr": ctx["scheduler"].get_last_lr()[0],
+            "elapsed_s": time.perf_counter() - began, "lr": ctx["optimizers"].lr,
         }  # fmt: skip
         history.append(record)
         if val["loss"] < early["best_val"] - train["min_delta"]:
@@ -240,8 +330,8 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
                 record["elapsed_s"], "  (early stop)" if early["stopped"] else "",
             )  # fmt: skip
             _save_checkpoint(folder, epoch + 1, {
-                "epoch": epoch + 1, "model": ctx["core"].state_dict(), "optimizer": ctx["optimizer"].state_dict(),
-                "scheduler": ctx["scheduler"].state_dict(), "best_model": best_state, "early": early,
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": ctx["core"].state_dict(),
+                "optimizer": ctx["optimizers"].state_dict(), "best_model": best_state, "early": early,
                 "history": history, "train": train,
             })  # fmt: skip
         dist.barrier()

@@ -1,0 +1,70 @@
+"""The training step's pieces: sparse-aware gradient clipping, the optimiser pair, checkpoint format."""
+
+import pytest
+import torch
+from test_model import SPEC, _batch
+
+from songrec.errors import InputError
+from songrec.model import Autoencoder, LossWeights, autoencoder_loss
+from songrec.train_loop import CHECKPOINT_FORMAT, Optimizers, _load_checkpoint, _save_checkpoint, clip_gradients
+
+WEIGHTS = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
+
+
+def _backward(sparse: bool, scale: float = 1.0) -> Autoencoder:
+    torch.manual_seed(0)
+    model = Autoencoder(SPEC, sparse_artist=sparse)
+    loss, _ = autoencoder_loss(model, {k: torch.from_numpy(v) for k, v in _batch(64).items()}, WEIGHTS)
+    (loss * scale).backward()
+    return model
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_gradients_with_a_sparse_table_matches_torch_on_the_dense_model(max_norm):
+    dense, sparse = _backward(False, scale=10.0), _backward(True, scale=10.0)
+    expected = torch.nn.utils.clip_grad_norm_(dense.parameters(), max_norm)
+    total = clip_gradients(sparse.parameters(), max_norm)
+    assert total == pytest.approx(float(expected), rel=1e-5)
+    for (name, d), s in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+        got = s.grad.to_dense() if s.grad.is_sparse else s.grad
+        torch.testing.assert_close(got, d.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_sparse_table_is_stepped_by_sparse_adam_touching_only_its_batch_rows():
+    model = _backward(True)
+    optimizers = Optimizers(model, lr=0.01, weight_decay=0.1, lr_lambda=lambda step: 0.5)
+    assert [type(o).__name__ for o in optimizers.optimizers] == ["AdamW", "SparseAdam"]
+    assert optimizers.lr == pytest.approx(0.005)
+    touched = set(model.encoder.artist.weight.grad.coalesce().indices()[0].tolist())
+    before = model.encoder.artist.weight.detach().clone()
+    optimizers.step()
+    moved = set(torch.nonzero((model.encoder.artist.weight.detach() != before).any(dim=1)).flatten().tolist())
+    assert moved and moved <= touched  # lazy: rows no batch read stay where they are
+    assert [type(o).__name__ for o in Optimizers(_backward(False), 0.01, 0.1, lambda s: 1.0).optimizers] == ["AdamW"]
+
+
+def test_optimizers_state_round_trips_and_refuses_the_other_device_kind():
+    model = _backward(True)
+    optimizers = Optimizers(model, 0.01, 0.1, lambda step: 1.0 / (step + 1))
+    optimizers.step()
+    optimizers.step()
+    state = optimizers.state_dict()
+    again = Optimizers(_backward(True), 0.01, 0.1, lambda step: 1.0 / (step + 1))
+    again.load_state_dict(state)
+    assert again.lr == pytest.approx(optimizers.lr) and again.schedulers[1].last_epoch == 2
+    exp_avg = optimizers.optimizers[1].state_dict()["state"][0]["exp_avg"]
+    torch.testing.assert_close(again.optimizers[1].state_dict()["state"][0]["exp_avg"], exp_avg)
+    dense = Optimizers(_backward(False), 0.01, 0.1, lambda step: 1.0)
+    with pytest.raises(InputError, match="cannot resume one made on GPU"):
+        dense.load_state_dict(state)
+
+
+def test_checkpoint_of_an_older_format_is_a_clear_error(tmp_path):
+    train = {"hidden": [16, 8], "latent_dim": 4, "artist_dim": 8, "genre_dim": 4, "emotion_dim": 2, "seed": 1}
+    _save_checkpoint(tmp_path, 1, {"epoch": 1, "optimizer": {}, "scheduler": {}, "train": train})
+    with pytest.raises(InputError, match="older songrec .*delete"):
+        _load_checkpoint(tmp_path, train)
+    _save_checkpoint(tmp_path, 2, {"format": CHECKPOINT_FORMAT, "epoch": 2, "train": train})
+    assert _load_checkpoint(tmp_path, train)["epoch"] == 2
+    with pytest.raises(InputError, match="train.seed=1"):
+        _load_checkpoint(tmp_path, dict(train, seed=2))
