@@ -39,6 +39,7 @@ def test_overrides_are_typed():
         ("knn.k=ten", "knn.k"),
         ("knn.k=0", "knn.k"),
         ("train.use_gpu=maybe", "train.use_gpu"),
+        ("train.sparse_artist=yes", "train.sparse_artist"),
         ("preprocess.multiline=perhaps", "preprocess.multiline"),
         ("generate.dirt.junk_emotion=0.9", "generate.dirt.junk_emotion"),
         ("knn.k.x=1", "knn.k"),

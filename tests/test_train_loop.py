@@ -6,15 +6,24 @@ from test_model import SPEC, _batch
 
 from songrec.errors import InputError
 from songrec.model import Autoencoder, LossWeights, autoencoder_loss
-from songrec.train_loop import CHECKPOINT_FORMAT, Optimizers, _load_checkpoint, _save_checkpoint, clip_gradients
+from songrec.train_loop import (
+    CHECKPOINT_FORMAT,
+    Optimizers,
+    _load_checkpoint,
+    _save_checkpoint,
+    clip_gradients,
+    sparse_artist,
+)
 
 WEIGHTS = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
 
 
-def _backward(sparse: bool, scale: float = 1.0) -> Autoencoder:
-    torch.manual_seed(0)
-    model = Autoencoder(SPEC, sparse_artist=sparse)
-    loss, _ = autoencoder_loss(model, {k: torch.from_numpy(v) for k, v in _batch(64).items()}, WEIGHTS)
+def _backward(sparse: bool, scale: float = 1.0, model: Autoencoder | None = None, seed: int = 0) -> Autoencoder:
+    """Gradients of one batch (``seed``) on ``model``, or on a fresh seeded model."""
+    torch.manual_seed(seed)
+    model = model or Autoencoder(SPEC, sparse_artist=sparse)
+    model.zero_grad(set_to_none=True)
+    loss, _ = autoencoder_loss(model, {k: torch.from_numpy(v) for k, v in _batch(64, seed).items()}, WEIGHTS)
     (loss * scale).backward()
     return model
 
@@ -30,17 +39,38 @@ def test_clip_gradients_with_a_sparse_table_matches_torch_on_the_dense_model(max
         torch.testing.assert_close(got, d.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def _rows_moved_by_second_step(sparse: bool) -> tuple[set[int], set[int]]:
+    """Step on batch 0, then on batch 1: the artist rows batch 1 read, and the rows its step moved."""
+    model = _backward(sparse)
+    optimizers = Optimizers(model, lr=0.01, weight_decay=0.1, lr_lambda=lambda step: 0.5)
+    optimizers.step()
+    _backward(sparse, model=model, seed=1)
+    grad = model.encoder.artist.weight.grad
+    touched = set(torch.nonzero((grad.to_dense() if grad.is_sparse else grad).abs().sum(dim=1)).flatten().tolist())
+    before = model.encoder.artist.weight.detach().clone()
+    optimizers.step()
+    moved = set(torch.nonzero((model.encoder.artist.weight.detach() != before).any(dim=1)).flatten().tolist())
+    return touched, moved
+
+
 def test_sparse_table_is_stepped_by_sparse_adam_touching_only_its_batch_rows():
     model = _backward(True)
     optimizers = Optimizers(model, lr=0.01, weight_decay=0.1, lr_lambda=lambda step: 0.5)
     assert [type(o).__name__ for o in optimizers.optimizers] == ["AdamW", "SparseAdam"]
     assert optimizers.lr == pytest.approx(0.005)
-    touched = set(model.encoder.artist.weight.grad.coalesce().indices()[0].tolist())
-    before = model.encoder.artist.weight.detach().clone()
-    optimizers.step()
-    moved = set(torch.nonzero((model.encoder.artist.weight.detach() != before).any(dim=1)).flatten().tolist())
-    assert moved and moved <= touched  # lazy: rows no batch read stay where they are
     assert [type(o).__name__ for o in Optimizers(_backward(False), 0.01, 0.1, lambda s: 1.0).optimizers] == ["AdamW"]
+    touched, moved = _rows_moved_by_second_step(sparse=True)
+    assert moved and moved <= touched  # lazy: rows only the first batch read stay where they are
+    touched, moved = _rows_moved_by_second_step(sparse=False)
+    assert moved - touched  # dense Adam moves the first batch's rows again, on their momentum
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [("auto", "cpu", True), ("auto", "cuda", False), ("true", "cuda", True), ("false", "cpu", False)],
+)
+def test_sparse_artist_setting(setting, device, expected):
+    assert sparse_artist(setting, torch.device(device)) is expected
 
 
 def test_optimizers_state_round_trips_and_refuses_the_other_device_kind():
@@ -55,7 +85,7 @@ def test_optimizers_state_round_trips_and_refuses_the_other_device_kind():
     exp_avg = optimizers.optimizers[1].state_dict()["state"][0]["exp_avg"]
     torch.testing.assert_close(again.optimizers[1].state_dict()["state"][0]["exp_avg"], exp_avg)
     dense = Optimizers(_backward(False), 0.01, 0.1, lambda step: 1.0)
-    with pytest.raises(InputError, match="cannot resume one made on GPU"):
+    with pytest.raises(InputError, match="sparse artist table .*cannot resume one made with a dense one"):
         dense.load_state_dict(state)
 
 

@@ -126,6 +126,7 @@ class TrainConf:
     artist_dropout: float = 0.25  # fraction of songs whose artist input is hidden (id 0) in training
     schedule_epochs: int = 0  # cosine LR horizon in epochs; 0 = max_epochs
     reader_workers: int = 1  # Petastorm reader threads per rank; 1 keeps the data order deterministic
+    sparse_artist: str = "auto"  # auto (sparse on CPU, dense on GPU) | true | false: the artist table's gradient
     checkpoint_dir: str = ""  # "" = root/_checkpoints/train (must be a POSIX path every rank can reach)
 
 
@@ -328,6 +329,7 @@ def validate(cfg: Config) -> None:
         (cfg.spark.num_executors >= 0, "spark.num_executors: must be >= 0"),
         (cfg.train.num_processes >= 1, "train.num_processes: must be >= 1"),
         (cfg.train.use_gpu in {"auto", "true", "false"}, "train.use_gpu: must be auto, true or false"),
+        (cfg.train.sparse_artist in {"auto", "true", "false"}, "train.sparse_artist: must be auto, true or false"),
         (cfg.train.batch_size >= 1, "train.batch_size: must be >= 1"),
         (cfg.train.max_epochs >= 1, "train.max_epochs: must be >= 1"),
         (cfg.train.latent_dim >= 2, "train.latent_dim: must be >= 2"),

@@ -119,7 +119,8 @@ class Optimizers:
         if len(state["optimizers"]) != len(self.optimizers):
             raise InputError(
                 f"the checkpoint holds {len(state['optimizers'])} optimiser(s), this run has {len(self.optimizers)}: "
-                "a run on CPU (sparse artist table) cannot resume one made on GPU, or the other way round"
+                "a run with a sparse artist table (CPU) cannot resume one made with a dense one (GPU, or "
+                "train.sparse_artist=false), or the other way round"
             )
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
@@ -251,11 +252,16 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
     return {"loss": float(sums[0] / max(sums[1], 1)), "rows": int(sums[1]), "batches": int(sums[2])}
 
 
-def _build(spec: dict[str, Any], device: torch.device, sparse_artist: bool | None = None) -> dict[str, Any]:
-    """Model, DDP wrapper and optimisers; the artist table is sparse on CPU unless ``sparse_artist`` says."""
+def sparse_artist(setting: str, device: torch.device) -> bool:
+    """``train.sparse_artist`` (auto | true | false) as a decision: auto = sparse on CPU, dense on GPU."""
+    return device.type == "cpu" if setting == "auto" else setting == "true"
+
+
+def _build(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Model (artist table sparse as ``train.sparse_artist`` decides), DDP wrapper and optimisers."""
     train = spec["train"]
     model_spec = ModelSpec.from_meta(spec["features_meta"], train)
-    sparse = device.type == "cpu" if sparse_artist is None else sparse_artist
+    sparse = sparse_artist(train.get("sparse_artist", "auto"), device)
     model = Autoencoder(model_spec, sparse_artist=sparse).to(device)
     world = dist.get_world_size()
     rows = int(spec["features_meta"].get("rows", {}).get("train", 0)) or train["batch_size"]
