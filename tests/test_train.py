@@ -112,6 +112,34 @@ def test_resume_continues_to_the_same_result(spark, trained_uneven, tmp_path):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
 
 
+def test_a_ranks_own_error_reaches_the_driver_as_it_is(spark, uneven, tmp_path):
+    """A checkpoint made with another seed: both ranks refuse it, and run_training raises their InputError
+    (TorchDistributor alone says only "TorchDistributor failed during training")."""
+    cfg = _copy_run(uneven, tmp_path, "train.max_epochs=1")
+    run_training(spark, cfg)
+    other = make_cfg(tmp_path, *FAST, "train.max_epochs=2", "train.seed=99")
+    with pytest.raises(InputError, match=r"epoch-0001.pt was made with train.seed=\d+, this run has 99"):
+        run_training(spark, other, resume=True)
+    checkpoints = local_path(cfg.path("_checkpoints", "train"))
+    (checkpoints / "epoch-0001.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match=r"epoch-0001.pt cannot be read .*delete it"):
+        run_training(spark, cfg, resume=True)
+
+
+def test_a_rank_crash_names_rank_exception_and_traceback(spark, uneven, tmp_path):
+    """Any other exception in a rank (here: the trace folder is a file, so writing the trace fails after the
+    first epoch) becomes one SongrecError naming the rank, the exception and the file with its traceback."""
+    cfg = _copy_run(uneven, tmp_path, "train.max_epochs=1")
+    blocker = tmp_path / "trace-is-a-file"
+    blocker.write_text("")
+    with pytest.raises(SongrecError, match=r"training failed on rank [01]: FileExistsError: .*trace-is-a-file") as err:
+        run_training(spark, cfg, trace_dir=str(blocker))
+    traceback_file = Path(str(err.value).split("(traceback in ")[1].split(")")[0])
+    record = json.loads(traceback_file.read_text())
+    assert record["type"] == "FileExistsError" and "Traceback" in record["traceback"]
+    assert not local_path(cfg.path("model")).exists()  # nothing committed
+
+
 def test_trained_fixture_end_to_end(trained):
     """The conftest pipeline: generate -> preprocess -> train; later stages embed from this model/."""
     encoder = load_encoder(trained.path("model"))

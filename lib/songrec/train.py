@@ -5,7 +5,9 @@ ranks, ``meta/`` is there, GPUs exist if asked for), then starts
 ``pyspark.ml.torch.distributor.TorchDistributor(num_processes, local_mode, use_gpu)`` on
 :func:`songrec.train_worker.train_rank`; each rank reads its Petastorm shard and trains a DDP
 replica (see :mod:`songrec.train_loop`). Rank 0 writes the artefacts into a staging folder, which
-is committed as ``model/`` in one step (:func:`songrec.io.commit`).
+is committed as ``model/`` in one step (:func:`songrec.io.commit`). A rank that raises records the
+exception under the checkpoint folder (:func:`songrec.train_worker.record_failure`), and
+:func:`rank_failure` turns those records into the error the driver raises.
 
 The train function is shipped by cloudpickle *by reference* (``songrec.train_worker.train_rank``),
 so the package must be importable where the ranks run: on the driver in local mode (it is
@@ -14,6 +16,7 @@ installed in the venv), on executors through ``--py-files build/songrec.zip`` (s
 The same ranks run without Spark under ``torchrun`` (see :mod:`songrec.train_worker`).
 """
 
+import json
 import logging
 import os
 import shutil
@@ -25,7 +28,7 @@ from songrec import io
 from songrec.config import Config, local_path
 from songrec.errors import InputError, SongrecError
 from songrec.feed import check_shardable
-from songrec.train_worker import make_spec, train_rank
+from songrec.train_worker import failures_dir, make_spec, train_rank
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +125,15 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
     distributor = TorchDistributor(
         num_processes=cfg.train.num_processes, local_mode=cfg.train.local_mode, use_gpu=use_gpu
     )
+    failures = failures_dir(str(checkpoints))
+    shutil.rmtree(failures, ignore_errors=True)
     try:
-        summary = distributor.run(train_rank, spec)
+        try:
+            summary = distributor.run(train_rank, spec)
+        except RuntimeError as exc:
+            raise rank_failure(failures) from exc
         if summary is None:
-            raise SongrecError("training returned no result; see the rank logs above")
+            raise rank_failure(failures)
         files = summary.pop("files", None)
         if files is not None:  # artefacts came back as bytes from an executor's rank 0
             Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -146,6 +154,42 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
         " (stopped early)" if summary["stopped_early"] else "",
     )  # fmt: skip
     return summary
+
+
+def rank_failure(folder: Path) -> SongrecError:
+    """The error to raise when TorchDistributor reports a failed run: what the ranks recorded, first failure first.
+
+    A rank's own clear error (an :class:`InputError` such as a checkpoint made with another config) is
+    raised as it is; any other exception becomes a :class:`SongrecError` naming the rank, the exception
+    and the file with its traceback. A rank that died without a word (killed, out of memory) leaves no
+    record; the message says so.
+    """
+    records = []
+    for path in sorted(folder.glob("rank*.json")):
+        try:
+            records.append({**json.loads(path.read_text()), "path": path})
+        except (OSError, ValueError):
+            continue
+    if not records:
+        return SongrecError(
+            "training failed and no rank recorded an exception: a rank was probably killed (out of memory, or "
+            "a signal); see the torchrun output above"
+        )
+    records.sort(key=lambda r: (not r["songrec"], r["time"]))
+    first = records[0]
+    if first["songrec"]:
+        kind = InputError if first["input"] else SongrecError
+        return kind(first["message"])
+    others = "; ".join(f"rank {r['rank']}: {r['type']}: {_first_line(r['message'])}" for r in records[1:])
+    return SongrecError(
+        f"training failed on rank {first['rank']}: {first['type']}: {_first_line(first['message'])} "
+        f"(traceback in {first['path']}){f'; then {others}' if others else ''}"
+    )
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _upload(spark: Any, folder: str, staging: str) -> None:

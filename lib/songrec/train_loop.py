@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from songrec.errors import InputError
 from songrec.feed import open_loader, to_device
 from songrec.model import Autoencoder, LossWeights, ModelSpec, autoencoder_loss, spec_dict
+from songrec.train_worker import quiet_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,14 @@ def _load_checkpoint(folder: Path, train: dict[str, Any]) -> dict[str, Any] | No
     if not found:
         log.warning("--resume: no checkpoint in %s, starting from scratch", folder)
         return None
-    state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(
+            f"checkpoint {found[-1]} cannot be read ({type(exc).__name__}: {first}): delete it to resume from the "
+            f"one before, or train without --resume"
+        ) from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(
             f"checkpoint {found[-1]} was written by an older songrec (format {state.get('format', 1)}, this one "
@@ -243,6 +251,7 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
                     loss, _ = autoencoder_loss(model.module, batch, ctx["weights"])
             sums += torch.tensor([float(loss.detach()) * rows, rows, 1], dtype=torch.float64)
     if train:
+        quiet_library_warnings()  # join()'s exit has put simplefilter("once") in front of the filters
         _sync_to_last_joiner(int(sums[2]), ctx["optimizers"])
     if trace is not None:
         Path(trace).mkdir(parents=True, exist_ok=True)

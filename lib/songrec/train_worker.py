@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,52 @@ def train_rank(spec: dict[str, Any]) -> dict[str, Any]:
     dist.init_process_group(backend=backend)
     try:
         return run_rank(spec)
+    except BaseException as exc:
+        record_failure(spec["checkpoint_dir"], int(os.environ["RANK"]), exc)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+FAILURES = "failures"  # under the checkpoint folder: one JSON file per rank that raised
+
+
+def failures_dir(checkpoint_dir: str) -> Path:
+    """Where ranks record the exception that ended them (a folder every rank and the driver can reach)."""
+    return Path(checkpoint_dir) / FAILURES
+
+
+def record_failure(checkpoint_dir: str, rank: int, exc: BaseException) -> None:
+    """Write ``rank{N}.json`` (type, message, whether it is a user-fixable songrec error, traceback, time).
+
+    TorchDistributor reports any rank's death only as "TorchDistributor failed during training" (its
+    torchrun wrapper exits 0 either way), so the driver reads these files to say what went wrong.
+    Best effort: a failure to write is logged, never raised over the original exception.
+    """
+    import json
+    import time
+    import traceback
+
+    from songrec.errors import InputError, SongrecError
+
+    record = {
+        "rank": rank,
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "songrec": isinstance(exc, SongrecError),
+        "input": isinstance(exc, InputError),
+        "time": time.time(),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+    folder = failures_dir(checkpoint_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".rank{rank}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, folder / f"rank{rank}.json")
+    except OSError as err:
+        log.error("could not record rank %d's failure in %s: %s", rank, folder, err)
+    log.error("rank %d failed: %s: %s", rank, record["type"], record["message"])
 
 
 def _free_port() -> int:
@@ -107,8 +152,16 @@ def _setup_rank_logging(rank: int) -> None:
     )
     for noisy in ("petastorm", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # torchrun children do not inherit the driver's warning filters; petastorm 0.12 on pyarrow 14 and
-    # matplotlib on new pyparsing repeat deprecation and unclosed-file warnings for every row group.
+    quiet_library_warnings()
+
+
+def quiet_library_warnings() -> None:
+    """Silence the deprecation and unclosed-file warnings petastorm 0.12 (on pyarrow 14) and matplotlib (on new
+    pyparsing) repeat for every row group and epoch: a few hundred lines per run that bury real errors.
+
+    torchrun children do not inherit the driver's warning filters, and DDP's ``join()`` puts
+    ``simplefilter("once")`` in front of every filter on each exit, so the epoch loop calls this again.
+    """
     for module in ("petastorm", "pyarrow", "matplotlib"):
         warnings.filterwarnings("ignore", module=module)
     warnings.filterwarnings("ignore", category=ResourceWarning)
