@@ -1,16 +1,22 @@
 """Model inputs from clean songs: vocabularies, normalisation statistics and feature vectors.
 
-All per-row work is Spark built-ins or JVM ML transformers (no Python UDFs); only the small
-vocabulary and statistics results are collected to the driver.
+All per-row work is Spark built-ins or JVM ML transformers, except the lyric tokeniser, which runs
+on Arrow batches in the Python workers (:func:`lyrics_vector`); only the small vocabulary and
+statistics results are collected to the driver.
 """
 
 import logging
+import zlib
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
-from pyspark.ml.feature import IDF, HashingTF, Normalizer
+import numpy as np
+from pyspark.ml.feature import IDF, Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from songrec import schema
 from songrec.config import Config
@@ -23,25 +29,64 @@ _NON_WORD = r"[^\p{L}\p{N}']+"
 
 
 def lyrics_vector(df: DataFrame, text_col: str, dim: int, out_col: str) -> DataFrame:
-    """Add ``out_col``: the hashed term counts of ``text_col`` in ``dim`` buckets (an ML sparse vector).
+    """Replace ``text_col`` by ``out_col``: the hashed term counts of the text in ``dim`` buckets (``array<float>``).
 
-    Words are lower-cased runs of letters, digits and apostrophes; ``[Verse 1]`` tags are dropped.
-    Uses Spark ML's HashingTF (MurmurHash3, stable across runs). :func:`lyrics_weighted` turns the
-    counts into the model input once the catalogue's IDF is known (:func:`lyrics_idf`).
+    Words are lower-cased runs of letters, digits and apostrophes; ``[Verse 1]`` tags are dropped; a
+    word's bucket is the CRC-32 of its UTF-8 bytes modulo ``dim`` (stable across runs, machines and
+    Python versions). The work runs in ``mapInArrow`` on Arrow batches (:func:`bucket_counts`): Spark
+    ML's HashingTF on ``split`` words turned every word into a Java String and a Scala Seq and took 2x
+    as long (figures in docs/design.md). Every other column passes through unchanged.
+    :func:`lyrics_weighted` turns the counts into the model input once the catalogue's IDF is known
+    (:func:`lyrics_idf`).
     """
-    words = F.split(F.lower(F.regexp_replace(F.coalesce(F.col(text_col), F.lit("")), _TAG, " ")), _NON_WORD)
-    df = df.withColumn("_words", F.array_remove(words, ""))
-    return HashingTF(inputCol="_words", outputCol=out_col, numFeatures=dim).transform(df).drop("_words")
+    fields = [f for f in df.schema.fields if f.name != text_col]
+    out = T.StructType([*fields, T.StructField(out_col, T.ArrayType(T.FloatType(), False), False)])
+    return df.mapInArrow(partial(_lyrics_batches, text_col=text_col, out_col=out_col, dim=dim), out)
+
+
+def _lyrics_batches(batches: Iterator[Any], text_col: str, out_col: str, dim: int) -> Iterator[Any]:
+    import pyarrow as pa
+
+    for batch in batches:
+        at = batch.schema.get_field_index(text_col)
+        keep = [i for i in range(batch.num_columns) if i != at]
+        yield pa.RecordBatch.from_arrays(
+            [*(batch.column(i) for i in keep), bucket_counts(batch.column(at), dim)],
+            names=[*(batch.schema.names[i] for i in keep), out_col],
+        )
+
+
+def bucket_counts(text: Any, dim: int) -> Any:
+    """Hashed word counts of each string of a pyarrow array (NULL = no words): a ``list<float>`` array, ``dim`` a row.
+
+    Tokenising is pyarrow's (RE2) regex split; each distinct word of the batch is hashed once.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = len(text)
+    tidy = pc.utf8_lower(pc.replace_substring_regex(pc.fill_null(text, ""), pattern=_TAG, replacement=" "))
+    words = pc.split_pattern_regex(tidy, pattern=_NON_WORD)
+    encoded = pc.dictionary_encode(pc.list_flatten(words))
+    buckets = np.array(
+        [zlib.crc32(w.encode()) % dim if w else -1 for w in encoded.dictionary.to_pylist()], dtype=np.int64
+    )
+    bucket = buckets[encoded.indices.to_numpy(zero_copy_only=False)]
+    row = np.repeat(np.arange(rows, dtype=np.int64), pc.list_value_length(words).to_numpy(zero_copy_only=False))
+    real = bucket >= 0  # the empty strings split leaves at either end of a text
+    counts = np.bincount(row[real] * dim + bucket[real], minlength=rows * dim).astype(np.float32)
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * dim)
+    return pa.ListArray.from_arrays(offsets, pa.array(counts, pa.float32()))
 
 
 def lyrics_idf(songs: DataFrame, col: str) -> list[float]:
     """Inverse document frequency of each hash bucket over the catalogue, ``log((n + 1) / (df + 1))``."""
-    model = IDF(inputCol=col, outputCol="_idf").fit(songs)
+    model = IDF(inputCol="_tf", outputCol="_idf").fit(songs.select(array_to_vector(col).alias("_tf")))
     return [round(float(w), 6) for w in model.idf]
 
 
 def lyrics_weighted(df: DataFrame, col: str, idf: list[float]) -> DataFrame:
-    """Replace ``col`` (hashed counts) by sublinear TF-IDF, L2-normalised, as ``array<float>``.
+    """Replace ``col`` (hashed counts, ``array<float>``) by sublinear TF-IDF, L2-normalised, as ``array<float>``.
 
     Why not raw counts: a song's few topic words are what sets it apart, and common words fill every
     lyric; measured on 50k generated songs (256 buckets), lyrics alone found 0.18 of the planted
@@ -49,8 +94,7 @@ def lyrics_weighted(df: DataFrame, col: str, idf: list[float]) -> DataFrame:
     all zeros.
     """
     weights = F.array(*[F.lit(float(w)) for w in idf])
-    tf = vector_to_array(col, dtype="float32")
-    df = df.withColumn("_w", array_to_vector(F.zip_with(tf, weights, lambda a, b: F.log1p(a) * b)))
+    df = df.withColumn("_w", array_to_vector(F.zip_with(F.col(col), weights, lambda a, b: F.log1p(a) * b)))
     # The L2 norm as a JVM transformer, not a lambda: Spark's optimiser inlines a norm column into the
     # per-element lambda that divides by it (256 x 256 operations a row, minutes on 50k songs).
     df = Normalizer(p=2.0, inputCol="_w", outputCol="_unit").transform(df)
