@@ -17,6 +17,7 @@ setup(
         "pandas==2.3.3",
         "torch==2.13.0",
         "hnswlib==0.8.0",
+        "scikit-learn==1.5.2",  # MurmurHash3 of lyric words (songrec.features.bucket_counts)
         "pyyaml>=6",
     ],
     entry_points={"console_scripts": ["songrec=songrec.cli:main"]},

@@ -6,7 +6,6 @@ statistics results are collected to the driver.
 """
 
 import logging
-import zlib
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -26,16 +25,18 @@ log = logging.getLogger(__name__)
 # Section tags such as "[Verse 1]" say nothing about a song's words.
 _TAG = r"\[[^\]]*\]"
 _NON_WORD = r"[^\p{L}\p{N}']+"
+HASH_SEED = 42  # Spark ML HashingTF's MurmurHash3 seed: the same buckets as the HashingTF this module used before
 
 
 def lyrics_vector(df: DataFrame, text_col: str, dim: int, out_col: str) -> DataFrame:
     """Replace ``text_col`` by ``out_col``: the hashed term counts of the text in ``dim`` buckets (``array<float>``).
 
     Words are lower-cased runs of letters, digits and apostrophes; ``[Verse 1]`` tags are dropped; a
-    word's bucket is the CRC-32 of its UTF-8 bytes modulo ``dim`` (stable across runs, machines and
-    Python versions). The work runs in ``mapInArrow`` on Arrow batches (:func:`bucket_counts`): Spark
-    ML's HashingTF on ``split`` words turned every word into a Java String and a Scala Seq and took 2x
-    as long (figures in docs/design.md). Every other column passes through unchanged.
+    word's bucket is MurmurHash3 (x86, 32-bit, seed 42) of its UTF-8 bytes, non-negative modulo ``dim``:
+    exactly Spark ML's ``HashingTF``, which this replaces, so the buckets are the ones earlier runs had.
+    The work runs in ``mapInArrow`` on Arrow batches (:func:`bucket_counts`): ``HashingTF`` on ``split``
+    words turned every word into a Java String in a Scala Seq and took about 2x as long (figures in
+    docs/design.md). Every other column passes through unchanged.
     :func:`lyrics_weighted` turns the counts into the model input once the catalogue's IDF is known
     (:func:`lyrics_idf`).
     """
@@ -59,17 +60,19 @@ def _lyrics_batches(batches: Iterator[Any], text_col: str, out_col: str, dim: in
 def bucket_counts(text: Any, dim: int) -> Any:
     """Hashed word counts of each string of a pyarrow array (NULL = no words): a ``list<float>`` array, ``dim`` a row.
 
-    Tokenising is pyarrow's (RE2) regex split; each distinct word of the batch is hashed once.
+    Tokenising is pyarrow's (RE2) regex split; each distinct word of the batch is hashed once
+    (scikit-learn's MurmurHash3, which gives Spark's ``HashingTF`` values, tail bytes included).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
+    from sklearn.utils import murmurhash3_32
 
     rows = len(text)
     tidy = pc.utf8_lower(pc.replace_substring_regex(pc.fill_null(text, ""), pattern=_TAG, replacement=" "))
     words = pc.split_pattern_regex(tidy, pattern=_NON_WORD)
     encoded = pc.dictionary_encode(pc.list_flatten(words))
     buckets = np.array(
-        [zlib.crc32(w.encode()) % dim if w else -1 for w in encoded.dictionary.to_pylist()], dtype=np.int64
+        [murmurhash3_32(w, seed=HASH_SEED) % dim if w else -1 for w in encoded.dictionary.to_pylist()], dtype=np.int64
     )
     bucket = buckets[encoded.indices.to_numpy(zero_copy_only=False)]
     row = np.repeat(np.arange(rows, dtype=np.int64), pc.list_value_length(words).to_numpy(zero_copy_only=False))
