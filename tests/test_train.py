@@ -140,6 +140,23 @@ def test_a_rank_crash_names_rank_exception_and_traceback(spark, uneven, tmp_path
     assert not local_path(cfg.path("model")).exists()  # nothing committed
 
 
+def test_rank_failure_order_and_silence(tmp_path):
+    """A rank's own songrec error wins over a later or earlier crash of another rank; no record names the folder."""
+    from songrec.train import rank_failure
+    from songrec.train_worker import record_failure
+
+    silent = rank_failure(tmp_path / "failures")
+    assert "no rank recorded an exception in" in str(silent) and "failures" in str(silent)
+    record_failure(str(tmp_path), 1, RuntimeError("[gloo] Connection closed by peer"))
+    record_failure(str(tmp_path), 0, InputError("checkpoint x was made with train.seed=1"))
+    err = rank_failure(tmp_path / "failures")
+    assert type(err) is InputError and str(err) == "checkpoint x was made with train.seed=1"
+    (tmp_path / "failures" / "rank0.json").unlink()
+    err = rank_failure(tmp_path / "failures")
+    assert type(err) is SongrecError
+    assert str(err).startswith("training failed on rank 1: RuntimeError: [gloo] Connection closed by peer (traceback")
+
+
 def test_trained_fixture_end_to_end(trained):
     """The conftest pipeline: generate -> preprocess -> train; later stages embed from this model/."""
     encoder = load_encoder(trained.path("model"))

@@ -172,8 +172,8 @@ def rank_failure(folder: Path) -> SongrecError:
             continue
     if not records:
         return SongrecError(
-            "training failed and no rank recorded an exception: a rank was probably killed (out of memory, or "
-            "a signal); see the torchrun output above"
+            f"training failed and no rank recorded an exception in {folder}: a rank was probably killed (out of "
+            "memory, or a signal), or that folder is not one the driver sees; see the torchrun output above"
         )
     records.sort(key=lambda r: (not r["songrec"], r["time"]))
     first = records[0]
