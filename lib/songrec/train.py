@@ -26,7 +26,7 @@ from typing import Any
 
 from songrec import io
 from songrec.config import Config, local_path
-from songrec.errors import InputError, SongrecError
+from songrec.errors import InputError, SongrecError, first_line
 from songrec.feed import check_shardable
 from songrec.train_worker import failures_dir, make_spec, train_rank
 
@@ -180,16 +180,11 @@ def rank_failure(folder: Path) -> SongrecError:
     if first["songrec"]:
         kind = InputError if first["input"] else SongrecError
         return kind(first["message"])
-    others = "; ".join(f"rank {r['rank']}: {r['type']}: {_first_line(r['message'])}" for r in records[1:])
+    others = "; ".join(f"rank {r['rank']}: {r['type']}: {first_line(r['message'])}" for r in records[1:])
     return SongrecError(
-        f"training failed on rank {first['rank']}: {first['type']}: {_first_line(first['message'])} "
+        f"training failed on rank {first['rank']}: {first['type']}: {first_line(first['message'])} "
         f"(traceback in {first['path']}){f'; then {others}' if others else ''}"
     )
-
-
-def _first_line(text: str, limit: int = 300) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _upload(spark: Any, folder: str, staging: str) -> None:

@@ -25,6 +25,9 @@ import math
 import os
 import random
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +36,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from songrec.errors import InputError
+from songrec.errors import InputError, first_line
 from songrec.feed import open_loader, to_device
 from songrec.model import Autoencoder, LossWeights, ModelSpec, autoencoder_loss, spec_dict
-from songrec.train_worker import quiet_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +194,9 @@ def _load_checkpoint(folder: Path, train: dict[str, Any]) -> dict[str, Any] | No
     try:
         state = torch.load(found[-1], map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise InputError(
-            f"checkpoint {found[-1]} cannot be read ({type(exc).__name__}: {first}): delete it to resume from the "
-            f"one before, or train without --resume"
+            f"checkpoint {found[-1]} cannot be read ({type(exc).__name__}: {first_line(str(exc))}): delete it to "
+            f"resume from the one before, or train without --resume"
         ) from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(
@@ -226,6 +227,14 @@ def _sync_to_last_joiner(steps: int, optimizers: Optimizers) -> None:
         optimizers.load_state_dict(payload[0])
 
 
+@contextmanager
+def _joined(model: DistributedDataParallel) -> Iterator[None]:
+    """DDP's ``join()`` (uneven shards), with the process's warning filters as they were afterwards: its exit
+    calls ``warnings.simplefilter("once")``, which would bring back the library warnings the rank silenced."""
+    with warnings.catch_warnings(), model.join(divide_by_initial_world_size=False):
+        yield
+
+
 def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]:
     """One pass over this rank's shard of one split; returns all-reduced sums as means."""
     cfg, model, device = ctx["train"], ctx["model"], ctx["device"]
@@ -238,7 +247,7 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
         ctx["features_uri"], split, ctx["rank"], ctx["world"], cfg["batch_size"],
         shuffle_buffer=cfg["shuffle_buffer"] if train else 0, seed=cfg["seed"] + epoch,
         workers=cfg["reader_workers"], with_ids=trace is not None,
-    ) as loader, (model.join(divide_by_initial_world_size=False) if train else torch.no_grad()):  # fmt: skip
+    ) as loader, (_joined(model) if train else torch.no_grad()):  # fmt: skip
         for raw in loader:
             if trace is not None:
                 seen.append(raw.pop("song_id").numpy())
@@ -251,7 +260,6 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
                     loss, _ = autoencoder_loss(model.module, batch, ctx["weights"])
             sums += torch.tensor([float(loss.detach()) * rows, rows, 1], dtype=torch.float64)
     if train:
-        quiet_library_warnings()  # join()'s exit has put simplefilter("once") in front of the filters
         _sync_to_last_joiner(int(sums[2]), ctx["optimizers"])
     if trace is not None:
         Path(trace).mkdir(parents=True, exist_ok=True)
