@@ -147,6 +147,8 @@ def test_rank_failure_order_and_silence(tmp_path):
 
     silent = rank_failure(tmp_path / "failures")
     assert "no rank recorded an exception in" in str(silent) and "failures" in str(silent)
+    said = rank_failure(tmp_path / "failures", ValueError("barrier stage failed\n  at org.apache..."))
+    assert str(said).endswith("(TorchDistributor: ValueError: barrier stage failed)")
     record_failure(str(tmp_path), 1, RuntimeError("[gloo] Connection closed by peer"))
     record_failure(str(tmp_path), 0, InputError("checkpoint x was made with train.seed=1"))
     err = rank_failure(tmp_path / "failures")

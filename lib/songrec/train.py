@@ -130,8 +130,8 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
     try:
         try:
             summary = distributor.run(train_rank, spec)
-        except RuntimeError as exc:
-            raise rank_failure(failures) from exc
+        except Exception as exc:  # local mode: RuntimeError; a barrier job on executors: Py4J/PythonException
+            raise rank_failure(failures, exc) from exc
         if summary is None:
             raise rank_failure(failures)
         files = summary.pop("files", None)
@@ -156,13 +156,13 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
     return summary
 
 
-def rank_failure(folder: Path) -> SongrecError:
+def rank_failure(folder: Path, cause: BaseException | None = None) -> SongrecError:
     """The error to raise when TorchDistributor reports a failed run: what the ranks recorded, first failure first.
 
     A rank's own clear error (an :class:`InputError` such as a checkpoint made with another config) is
     raised as it is; any other exception becomes a :class:`SongrecError` naming the rank, the exception
     and the file with its traceback. A rank that died without a word (killed, out of memory) leaves no
-    record; the message says so.
+    record; the message says so, with the first line of ``cause`` (what TorchDistributor raised) when given.
     """
     records = []
     for path in sorted(folder.glob("rank*.json")):
@@ -171,9 +171,10 @@ def rank_failure(folder: Path) -> SongrecError:
         except (OSError, ValueError):
             continue
     if not records:
+        said = f" (TorchDistributor: {type(cause).__name__}: {first_line(str(cause))})" if cause is not None else ""
         return SongrecError(
             f"training failed and no rank recorded an exception in {folder}: a rank was probably killed (out of "
-            "memory, or a signal), or that folder is not one the driver sees; see the torchrun output above"
+            f"memory, or a signal), or that folder is not one the driver sees; see the torchrun output above{said}"
         )
     records.sort(key=lambda r: (not r["songrec"], r["time"]))
     first = records[0]
