@@ -11,6 +11,7 @@ from conftest import make_cfg
 from test_knn import write_embeddings
 
 from songrec import io, metrics
+from songrec.errors import InputError
 from songrec.evaluate import AUDIO12, evaluate
 from songrec.knn import build_neighbors
 from songrec.parse import song_id_col
@@ -115,6 +116,22 @@ def test_evaluate_writes_metrics_and_manifest_recall(spark, tmp_path):
     manifest = io.read_json(cfg.path("neighbors", "_manifest.json"))
     assert manifest["recall"]["at_10"] == result["recall"]["at_10"] and manifest["recall"]["sample"] == 300
     assert result["notes"] == []
+    steps = {"embeddings_s", "songs_s", "truth_s", "exact_s", "table_lists_s", "baselines_s", "in_degree_s"}
+    assert steps <= set(result["timings"]) and sum(result["timings"][s] for s in steps) <= result["timings"]["total_s"]
+
+
+def test_evaluate_names_a_bad_truth_file(spark, tmp_path):
+    cfg = make_cfg(tmp_path, "evaluate.sample=50")
+    planted_run(spark, cfg, n=200, styles=4)
+    build_neighbors(spark, cfg)
+    cfg.evaluate.truth = cfg.path("truth.csv")
+    truth = io.local_path(cfg.evaluate.truth)
+    truth.write_text("artist,name\nA,B\n")
+    with pytest.raises(InputError, match=r"truth\.csv needs columns artist, title, style; has \['artist', 'name'\]"):
+        evaluate(spark, cfg)
+    truth.write_text("artist,title,style\nA,B,s1\nC,D\n")
+    with pytest.raises(InputError, match=r"truth\.csv is not a readable CSV: .*Expected 3 columns, got 2"):
+        evaluate(spark, cfg)
 
 
 def test_evaluate_without_truth_file_notes_it(spark, tmp_path):
