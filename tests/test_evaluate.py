@@ -120,12 +120,15 @@ def test_evaluate_writes_metrics_and_manifest_recall(spark, tmp_path):
     assert steps <= set(result["timings"]) and sum(result["timings"][s] for s in steps) <= result["timings"]["total_s"]
 
 
-def test_evaluate_names_a_bad_truth_file(spark, tmp_path):
+def test_evaluate_truth_file_quoted_newline_and_bad_files(spark, tmp_path):
     cfg = make_cfg(tmp_path, "evaluate.sample=50")
-    planted_run(spark, cfg, n=200, styles=4)
+    good = planted_run(spark, cfg, n=200, styles=4)
     build_neighbors(spark, cfg)
     cfg.evaluate.truth = cfg.path("truth.csv")
     truth = io.local_path(cfg.evaluate.truth)
+    odd = pd.DataFrame({"artist": ["Someone"], "title": ["two\nlines, quoted"], "style": ["style-9"]})
+    pd.concat([good, odd]).to_csv(truth, index=False)  # a title with a newline and a comma, quoted by pandas
+    assert evaluate(spark, cfg)["relevance"]["embedding"]["planted_precision_at_10"] > 0.9
     truth.write_text("artist,name\nA,B\n")
     with pytest.raises(InputError, match=r"truth\.csv needs columns artist, title, style; has \['artist', 'name'\]"):
         evaluate(spark, cfg)

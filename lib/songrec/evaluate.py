@@ -102,7 +102,9 @@ def _truth_styles(spark: SparkSession, cfg: Config, ids: np.ndarray, notes: list
     as_text = pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()))
     try:
         with filesystem.open_input_stream(path) as stream:
-            raw = pacsv.read_csv(stream, convert_options=as_text)
+            raw = pacsv.read_csv(
+                stream, parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=as_text
+            )
     except pa.ArrowInvalid as exc:
         raise InputError(f"truth file {uri} is not a readable CSV: {first_line(str(exc))}") from exc
     if not set(wanted) <= set(raw.column_names):
