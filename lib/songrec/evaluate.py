@@ -35,10 +35,12 @@ from pyspark.sql import functions as F
 from songrec import io, metrics
 from songrec.config import Config
 from songrec.errors import InputError, first_line
+from songrec.timing import Laps
 
 log = logging.getLogger(__name__)
 
 AT = 10  # the "@10" of precision / agreement / recall@10
+LOAD_STEPS = ("embeddings_s", "songs_s", "features_s", "truth_s")  # load_s = their sum: reading the inputs
 # songs/ columns standing in for Spotify's twelve audio features (valence = positiveness).
 AUDIO12 = [
     "danceability", "energy", "key_pitch", "loudness_db", "key_major", "speechiness", "acousticness",
@@ -175,20 +177,6 @@ def _table_lists(spark: SparkSession, cfg: Config, sample_ids: np.ndarray, pos: 
     return out
 
 
-class _Laps:
-    """Seconds between successive calls, by name: ``lap("step_s")`` records the time since the last lap."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def __call__(self, name: str) -> float:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
-        return self.laps[name]
-
-
 def evaluate(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Write ``report/metrics.json`` and the recall into ``neighbors/_manifest.json``.
 
@@ -202,8 +190,7 @@ def evaluate(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     Raises:
         InputError: an upstream table is missing or empty.
     """
-    t0 = time.perf_counter()
-    lap = _Laps()
+    lap = Laps()
     notes: list[str] = []
     ids, vectors = _embeddings(spark, cfg)
     lap("embeddings_s")
@@ -224,11 +211,10 @@ def evaluate(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     lap("features_s")
     ctx = {"styles": _truth_styles(spark, cfg, ids, notes), "genres": genres, "emotions": emotions, "similar": similar}
     lap("truth_s")
-    load_s = time.perf_counter() - t0
 
     block = cfg.evaluate.block_rows
     exact, exact_scores = metrics.exact_topk(vectors[sample], sample, vectors, k, block)
-    exact_s = lap("exact_s")
+    lap("exact_s")
     found = _table_lists(spark, cfg, ids[sample], pos, k)
     lap("table_lists_s")
     found_scores = np.where(
@@ -260,8 +246,7 @@ def evaluate(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "table": {"coverage": round(int(whole["covered"] or 0) / n, 4), "max_in_degree": int(whole["max_in"] or 0)},
         "model_id": manifest.get("model_id"),
         "notes": notes,
-        "timings": {"load_s": round(load_s, 3), "exact_s": round(exact_s, 3), **lap.laps,
-                    "total_s": round(time.perf_counter() - t0, 3)},
+        "timings": {**lap.laps, "load_s": round(sum(lap.laps[s] for s in LOAD_STEPS), 3), "total_s": lap.total()},
     }  # fmt: skip
     io.write_json(cfg.path("report", "metrics.json"), result, spark)
     if manifest:

@@ -10,7 +10,6 @@ import codecs
 import csv
 import logging
 import math
-import time
 from typing import Any
 
 from pyspark import StorageLevel
@@ -21,6 +20,7 @@ from pyspark.sql import types as T
 from songrec import features, io, parse, schema
 from songrec.config import Config, ConfigError
 from songrec.errors import InputError
+from songrec.timing import Laps
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +202,8 @@ def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         InputError: a missing, empty, non-text or wrongly-headed input file (nothing is written).
         ConfigError: ``preprocess.row_group_rows`` too large for the training world size.
     """
-    timings: dict[str, float] = {}
-    start = last = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        timings[name] = round(now - last, 3)
-        last = now
+    lap = Laps()
+    timings = lap.laps
 
     files = list_input_files(spark, cfg.input_uri)
     for uri in files:
@@ -308,7 +302,7 @@ def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         else:
             spark.conf.set(CSV_PRUNING_CONF, previous_pruning)
 
-    timings["total"] = round(time.perf_counter() - start, 3)
+    timings["total"] = lap.total()
     log.info(
         "preprocess counts: read=%d clean=%d duplicates=%d rejected=%d (%.1f s, %.0f rows/s)",
         counts["read"], counts["clean"], counts["duplicates"], counts["rejected"],
