@@ -94,6 +94,8 @@ def test_recall_and_table_invariants(spark, tmp_path):
     np.testing.assert_allclose(table["score"], dots, atol=1e-5)
     assert (table["bucket"] == np.mod(table["song_id"], cfg.knn.buckets)).all()
     assert manifest["n"] == n and manifest["k"] == k and manifest["shards"] == 3 and sum(manifest["shard_rows"]) == n
+    # one build time per shard, measured inside its task
+    assert len(manifest["timings"]["shard_build_s"]) == 3 and min(manifest["timings"]["shard_build_s"]) > 0
     assert io.read_json(cfg.path("neighbors", "_manifest.json"))["index"]["M"] == cfg.knn.M
 
     # One file per bucket, sorted by (song_id, rank); a DuckDB lookup reads one small file.
