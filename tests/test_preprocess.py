@@ -130,6 +130,16 @@ def small_again(spark, small, tmp_path_factory):
     return dataclasses.replace(cfg, root=str(root))
 
 
+def test_expected_warnings_are_quiet(spark, small):
+    """The CSV reader's "header does not conform" and parquet-mr's row-group dump are our own doing: silenced."""
+    from songrec.preprocess import QUIET_LOGGERS
+
+    log_manager = spark._jvm.org.apache.logging.log4j.LogManager
+    assert "org.apache.spark.sql.catalyst.csv.CSVHeaderChecker" in QUIET_LOGGERS
+    for name in QUIET_LOGGERS:
+        assert str(log_manager.getLogger(name).getLevel()) == "ERROR", name
+
+
 def test_counts_reconcile(small):
     cfg, result = small
     counts = json.loads(local_path(cfg.path("meta", "counts.json")).read_text())

@@ -158,13 +158,20 @@ def _row_groups(spark: SparkSession, table_uri: str) -> tuple[int, int]:
     return groups, len(parts)
 
 
-def _quiet_row_group_warning(spark: SparkSession) -> None:
-    """Silence parquet-mr's "Too much memory used" dump, which the deliberate 1-byte row-group target
-    triggers at every row group (driver JVM only: in local mode that is every writer)."""
+# Warnings that our own choices trigger and that would only mislead (driver JVM only: in local mode that is
+# every task): parquet-mr's "Too much memory used" dump at every row group of the deliberate 1-byte target,
+# and the CSV reader's "header does not conform to the schema", because the raw columns are read under
+# internal names (``parse.raw_field``) once ``check_input_file`` has checked the header by name.
+QUIET_LOGGERS = (
+    "org.apache.parquet.hadoop.InternalParquetRecordWriter",
+    "org.apache.spark.sql.catalyst.csv.CSVHeaderChecker",
+)
+
+
+def _quiet_expected_warnings(spark: SparkSession) -> None:
     jvm = spark._jvm
-    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
-        "org.apache.parquet.hadoop.InternalParquetRecordWriter", jvm.org.apache.logging.log4j.Level.ERROR
-    )
+    for name in QUIET_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.ERROR)
 
 
 def _need_row_groups(cfg: Config) -> int:
@@ -210,6 +217,7 @@ def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         check_input_file(spark, uri, cfg.preprocess.encoding)
     log.info("preprocess: %d input file(s) under %s", len(files), cfg.input_uri)
     lap("check")
+    _quiet_expected_warnings(spark)
 
     root = cfg.path()
     staged: dict[str, str] = {}
@@ -255,7 +263,6 @@ def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         staged["features"] = io.staging_uri(root, "features")
         feats = features.feature_frame(spark, songs, vocab, stats, cfg).sortWithinPartitions("song_id")
         rg = cfg.preprocess.row_group_rows
-        _quiet_row_group_warning(spark)
         # parquet-mr 1.15 cuts row groups by bytes only: with a 1-byte target every size check cuts one,
         # and checking exactly every `rg` rows makes each row group `rg` rows (the last of a file fewer).
         _write(feats, staged["features"], **{
