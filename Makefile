@@ -10,7 +10,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install check-system test lint run browser bench-preprocess bench-train bench-knn test-slow test-cluster pack clean
+.PHONY: install check-system test lint run browser bench-preprocess bench-train bench-knn bench-knn-sweep test-slow test-cluster pack clean
 
 install: $(STAMP)
 
@@ -83,6 +83,9 @@ bench-train: install
 
 bench-knn: install
 	$(PY) bench/knn.py
+
+bench-knn-sweep: install
+	$(PY) bench/knn_sweep.py
 
 clean:
 	rm -rf data/run data/test build dist lib/*.egg-info .pytest_cache .ruff_cache
