@@ -103,6 +103,17 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, vectors
 
 
+def recall_at_10(
+    vectors: np.ndarray, sample: np.ndarray, ref: np.ndarray, ref_scores: np.ndarray, lists: np.ndarray
+) -> float:
+    """Tie-aware recall@10 (@k when k < 10) of ``lists``, the sample songs' neighbour positions ``[S, k]``
+    (``metrics.MISSING`` = empty slot), against the exact top-k ``ref`` / ``ref_scores`` of the same sample."""
+    found_scores = np.where(
+        lists == metrics.MISSING, -np.inf, np.einsum("sd,skd->sk", vectors[sample], vectors[np.maximum(lists, 0)])
+    )
+    return metrics.recall_at(lists, ref, ref_scores, found_scores, min(10, lists.shape[1]))
+
+
 def timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, int]:
     with PeakRss() as rss:
         t0 = time.perf_counter()
@@ -254,10 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ref, ref_scores = metrics.exact_topk(vectors[sample], sample, vectors, k)
 
     def recall(lists: np.ndarray) -> float:
-        found_scores = np.where(
-            lists == metrics.MISSING, -np.inf, np.einsum("sd,skd->sk", vectors[sample], vectors[np.maximum(lists, 0)])
-        )
-        return metrics.recall_at(lists, ref, ref_scores, found_scores, min(10, k))
+        return recall_at_10(vectors, sample, ref, ref_scores, lists)
 
     from songrec.spark import get_spark, setup_logging
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from knn import clustered, read_embeddings  # noqa: E402
+from knn import clustered, read_embeddings, recall_at_10  # noqa: E402
 
 from songrec import metrics  # noqa: E402
 from songrec.config import KnnConf, load_config  # noqa: E402
@@ -70,7 +70,7 @@ def query_all(
         cand_ids.append(nbr)
         cand_scores.append(score)
     nbr, _, valid = merge_candidates(np.hstack(cand_ids), np.hstack(cand_scores), k)
-    return np.where(valid, nbr, 0), valid, time.perf_counter() - t0
+    return nbr, valid, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for ef in efs:
             found_ids, valid, _ = query_all(indexes, ids[sample], vectors[sample], k, ef)
             found = np.where(valid, order[np.searchsorted(ids[order], found_ids)], metrics.MISSING)
-            found_scores = np.einsum("sd,skd->sk", vectors[sample], vectors[np.maximum(found, 0)])
-            rec = metrics.recall_at(found, ref, ref_scores, found_scores, min(10, k))
+            rec = recall_at_10(vectors, sample, ref, ref_scores, found)
             _, _, secs = query_all(indexes, ids[timed_rows], vectors[timed_rows], k, ef)
             query_s = secs * n / len(timed_rows)
             rows.append((m, efc, build_s, ef, rec, query_s))

@@ -49,7 +49,6 @@ NORM_TOLERANCE = 1e-3  # |norm - 1| above this counts as "not unit length" and i
 
 _INDEX_SCHEMA = T.StructType([
     T.StructField("shard", T.IntegerType(), False),
-    T.StructField("rows", T.LongType(), False),
     T.StructField("index", T.BinaryType(), False),
     T.StructField("seconds", T.DoubleType(), False),
 ])  # fmt: skip
@@ -187,10 +186,10 @@ def _model_id(spark: SparkSession, cfg: Config) -> str | None:
     return None
 
 
-def _build_shards(df: DataFrame, cfg: Config, workdir: Path) -> dict[int, tuple[str, int, float]]:
+def _build_shards(df: DataFrame, cfg: Config, workdir: Path) -> dict[int, tuple[str, float]]:
     """Pass 1: build one index per shard in executors; stream them to local files on the driver.
 
-    Returns ``{shard: (path, rows, build seconds inside its task)}``.
+    Returns ``{shard: (path, build seconds inside its task)}``.
     """
     knn = cfg.knn
 
@@ -199,28 +198,27 @@ def _build_shards(df: DataFrame, cfg: Config, workdir: Path) -> dict[int, tuple[
         ids = pdf["song_id"].to_numpy(np.int64)
         index = build_index(ids, np.stack(pdf["vector"].to_numpy()), knn)
         return pd.DataFrame({
-            "shard": [int(pdf["shard"].iloc[0])], "rows": [len(ids)], "index": [pickle.dumps(index)],
+            "shard": [int(pdf["shard"].iloc[0])], "index": [pickle.dumps(index)],
             "seconds": [time.perf_counter() - start],
         })  # fmt: skip
 
     built = df.groupBy("shard").applyInPandas(build, schema=_INDEX_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-    shards: dict[int, tuple[str, int, float]] = {}
+    shards: dict[int, tuple[str, float]] = {}
     try:
         # toLocalIterator runs one job per partition, only when the driver asks for it: streaming
-        # straight from the build would build the shards one after another (on the full-size
-        # embeddings 175 s for two shards instead of ~100). So every shard is built at once first,
-        # then the driver streams them from the cache, holding one index at a time.
+        # straight from the build would build the shards one after another (docs/design.md). So every
+        # shard is built at once first, then the driver streams them from the cache, one index at a time.
         built.count()
         for row in built.toLocalIterator():
             path = workdir / f"songrec-knn-{workdir.name}-shard{row['shard']}.bin"
             path.write_bytes(row["index"])
-            shards[int(row["shard"])] = (str(path), int(row["rows"]), float(row["seconds"]))
+            shards[int(row["shard"])] = (str(path), float(row["seconds"]))
     finally:
         built.unpersist()
     return shards
 
 
-def _ship(spark: SparkSession, shards: dict[int, tuple[str, int, float]]) -> list[tuple[str, bool]]:
+def _ship(spark: SparkSession, shards: dict[int, tuple[str, float]]) -> list[tuple[str, bool]]:
     """Make the index files readable by executors: ``(path or SparkFiles name, via_spark_files)``."""
     if spark.sparkContext.master.startswith("local"):
         # Executors are threads of this JVM on this machine: they open the driver's files directly.
@@ -305,7 +303,7 @@ def build_neighbors(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         t_build = time.perf_counter()
         shards = _build_shards(df, cfg, workdir)
         build_s = time.perf_counter() - t_build
-        shard_s = [round(shards[s][2], 3) for s in sorted(shards)]
+        shard_s = [round(shards[s][1], 3) for s in sorted(shards)]
         log.info("knn: built %d shard indexes in %.1fs (%.0f rows/s; seconds inside each shard's task: %s)",
                  len(shards), build_s, n / max(build_s, 1e-9), shard_s)  # fmt: skip
         t_query = time.perf_counter()
