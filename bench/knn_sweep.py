@@ -9,7 +9,9 @@ Each graph is built as the job builds it: songs split into --shards near-equal s
 (single-threaded insertion in song_id order), all shards at once (one thread each, like the job's
 tasks). Then, for each ef, every song of a --query-sample is asked of every shard with
 ``songrec.knn.query_shard`` (all cores) and the candidates merged with ``merge_candidates``: that
-time is scaled to all N songs. Recall@10 is tie-aware against exact search on a --sample of songs.
+time is scaled to all N songs. The sample is queried in row order, not in the job's
+``locality_order``: a sparse sample gains little from it, and the sweep compares index settings.
+Recall@10 is tie-aware against exact search on a --sample of songs.
 Prints build seconds, the estimated query-all and build + query seconds, their ratio to the default
 setting's, recall@10, and the peak resident memory of this process.
 """

@@ -16,7 +16,7 @@ from conftest import ROOT, make_cfg
 
 from songrec import io
 from songrec.errors import InputError
-from songrec.knn import build_neighbors
+from songrec.knn import build_neighbors, locality_order
 
 
 def load_job(name: str):
@@ -138,6 +138,27 @@ def test_shards_merge_equals_one_exhaustive_index(spark, tmp_path):
         differ = set(got[int(s)]) ^ set(ref)
         # sets may differ only by neighbours tied with the k-th score (up to float rounding)
         assert all(abs(float(vectors[i] @ vectors[pos[int(d)]]) - kth) < 1e-6 for d in differ), s
+
+
+def test_locality_order_groups_similar_songs():
+    n, clusters = 3000, 20
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((clusters, 16))
+    label = rng.integers(0, clusters, n)
+    x = centres[label] + 0.05 * rng.standard_normal((n, 16))
+    vectors = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = song_ids(n, seed=8)
+
+    order = locality_order(ids, vectors, anchors=64)
+    assert sorted(order.tolist()) == list(range(n))  # a permutation: every song is queried once
+    # in row order a song's cluster changes at ~95% of steps; in locality order only between groups
+    assert np.count_nonzero(np.diff(label) != 0) > 0.9 * n
+    assert np.count_nonzero(np.diff(label[order]) != 0) <= 64
+    # the same rows in another order get the same permutation of the same songs
+    shuffled = rng.permutation(n)
+    np.testing.assert_array_equal(ids[shuffled][locality_order(ids[shuffled], vectors[shuffled], anchors=64)],
+                                  ids[order])  # fmt: skip
+    assert locality_order(ids[:0], vectors[:0]).shape == (0,)
 
 
 def test_two_runs_give_identical_tables(spark, tmp_path):

@@ -11,10 +11,11 @@ Two passes, so that no task holds all N vectors plus all shards:
 2. **Query.** The driver streams the S pickled indexes from that cache (``toLocalIterator``: one
    partition at a time) to local files that executors can open (the driver's temp directory in local mode,
    ``SparkContext.addFile`` on a cluster). The songs are split into query partitions of at most
-   ``knn.max_query_rows``; each partition (``mapInPandas``) loads the S indexes one at a time,
-   asks each for k+1 candidates, drops the song itself by id, and merges the candidates into the
-   global top-K right there: every candidate of a song is in the task that holds the song, so the
-   merge needs no shuffle. Task memory: one shard index + one query partition + its candidates.
+   ``knn.max_query_rows``; each partition (``mapInPandas``) puts its songs in locality order
+   (:func:`locality_order`), loads the S indexes one at a time, asks each for k+1 candidates,
+   drops the song itself by id, and merges the candidates into the global top-K right there:
+   every candidate of a song is in the task that holds the song, so the merge needs no shuffle.
+   Task memory: one shard index + one query partition + its candidates.
 
 Ties in the merge are broken by neighbour id ascending; ``score`` is the inner product (cosine).
 The table is written partitioned by ``bucket = pmod(song_id, knn.buckets)``, one file per bucket
@@ -46,6 +47,8 @@ from songrec.errors import InputError
 log = logging.getLogger(__name__)
 
 NORM_TOLERANCE = 1e-3  # |norm - 1| above this counts as "not unit length" and is renormalised
+LOCALITY_ANCHORS = 1024  # query order: songs grouped by the nearest of this many anchor songs
+LOCALITY_BLOCK = 16384  # rows per block of the anchor similarity product (bounds its memory to ~64 MB)
 
 _INDEX_SCHEMA = T.StructType([
     T.StructField("shard", T.IntegerType(), False),
@@ -107,6 +110,24 @@ def query_shard(index: Any, ids: np.ndarray, vectors: np.ndarray, k: int) -> tup
         nbr = np.pad(nbr, ((0, 0), (0, pad)))
         score = np.pad(score, ((0, 0), (0, pad)), constant_values=-np.inf)
     return nbr, score
+
+
+def locality_order(ids: np.ndarray, vectors: np.ndarray, anchors: int = LOCALITY_ANCHORS) -> np.ndarray:
+    """A permutation of the rows that puts similar vectors next to each other, for querying.
+
+    Each row gets the nearest (largest inner product) of ``anchors`` anchor rows, the rows with the
+    smallest song ids (song ids are hashes, so these are a spread sample); rows are sorted by anchor,
+    then by id. Consecutive queries then walk the same parts of an index's graph, which are still in
+    the CPU cache: on the full-size embeddings a query of a 274k-song shard took 175 us in this
+    order against 260 us in row order (docs/design.md). Each query's answer is the same in any order.
+    """
+    if len(ids) == 0:
+        return np.zeros(0, np.int64)
+    anchor = vectors[np.argsort(ids, kind="stable")[:anchors]].T
+    key = np.concatenate([
+        np.argmax(vectors[lo : lo + LOCALITY_BLOCK] @ anchor, axis=1) for lo in range(0, len(ids), LOCALITY_BLOCK)
+    ])  # fmt: skip
+    return np.lexsort((ids, key))
 
 
 def _exact_in_shard(index: Any, vectors: np.ndarray, kq: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +260,9 @@ def _query_all(df: DataFrame, files: list[tuple[str, bool]], k: int, buckets: in
             return
         pdf = pd.concat(parts, ignore_index=True)
         ids = pdf["song_id"].to_numpy(np.int64)
-        vectors = np.ascontiguousarray(np.stack(pdf["vector"].to_numpy()), dtype=np.float32)
+        vectors = np.stack(pdf["vector"].to_numpy()).astype(np.float32, copy=False)
+        order = locality_order(ids, vectors)
+        ids, vectors = ids[order], np.ascontiguousarray(vectors[order])
         cand_ids, cand_scores = [], []
         for name, via_spark_files in files:
             with open(SparkFiles.get(name) if via_spark_files else name, "rb") as fh:
