@@ -11,6 +11,7 @@ import torch
 from conftest import make_cfg
 from train_data import make_features
 
+from songrec.config import ConfigError
 from songrec.errors import InputError
 from songrec.feed import count_row_groups, read_split
 from songrec.model import (
@@ -184,3 +185,32 @@ def test_sparse_artist_table_gives_the_dense_loss_and_gradients():
     for name, grad in dense.items():
         other = sparse[name].to_dense() if sparse[name].is_sparse else sparse[name]
         torch.testing.assert_close(other, grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_decode_views_one_reconstructs_each_song_once():
+    batch = {k: torch.from_numpy(v) for k, v in _batch(48, seed=4).items()}
+    base = dict(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
+    torch.manual_seed(0)
+    model = Autoencoder(SPEC).eval()  # no dropout: both views equal the batch, so the terms can be compared
+    decoded_rows = []
+    model.decoder.register_forward_hook(lambda mod, args, out: decoded_rows.append(len(args[0])))
+    results = {}
+    for name, weights in {
+        "plain": LossWeights(**base),
+        "both": LossWeights(**base, contrast=1.0, decode_views=2),
+        "one": LossWeights(**base, contrast=1.0, decode_views=1),
+    }.items():
+        torch.manual_seed(1)  # the same sampled artist negatives
+        results[name] = autoencoder_loss(model, batch, weights)
+    assert decoded_rows == [48, 96, 48]
+    (_, plain), (both_total, both), (one_total, one) = results["plain"], results["both"], results["one"]
+    for term in ("numeric", "genre", "emotion", "lyrics", "artist"):
+        assert one[term] == pytest.approx(plain[term], rel=1e-5), term
+        assert both[term] == pytest.approx(plain[term], rel=1e-5), term
+    assert one["contrast"] == pytest.approx(both["contrast"], rel=1e-5) and one["contrast"] > 0
+    assert float(one_total.detach()) == pytest.approx(float(both_total.detach()), rel=1e-5)
+
+
+def test_decode_views_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="train.decode_views: must be 1 or 2"):
+        make_cfg(tmp_path, "train.decode_views=3")

@@ -117,11 +117,12 @@ class TrainConf:
     emotion_dim: int = 25
     dropout: float = 0.05
     loss_numeric: float = 4.0
-    loss_genre: float = 0.5  # genre/emotion at full weight dominate the latent (agreement 0.99, style 0.51)
-    loss_emotion: float = 0.5
+    loss_genre: float = 0.5  # all terms at 1: genre/emotion dominated the latent (agreement 0.99, style 0.51)
+    loss_emotion: float = 1.0  # 0.5 with decode_views=2; one decoded view needs 1.0 (full size: emotion 0.67 -> 0.80)
     loss_artist: float = 0.5
     loss_lyrics: float = 16.0  # lyric topic words carry most of what makes two songs alike
     loss_contrast: float = 1.0  # in-batch InfoNCE between two dropout views of a song; 0 = off
+    decode_views: int = 1  # with the contrast term: 1 = reconstruct the first view only, 2 = both (~1.5x the step)
     artist_negatives: int = 1024
     artist_dropout: float = 0.25  # fraction of songs whose artist input is hidden (id 0) in training
     schedule_epochs: int = 0  # cosine LR horizon in epochs; 0 = max_epochs
@@ -348,6 +349,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.reader_workers >= 1, "train.reader_workers: must be >= 1"),
         (cfg.train.patience >= 1, "train.patience: must be >= 1"),
         (cfg.train.artist_negatives >= 0, "train.artist_negatives: must be >= 0"),
+        (cfg.train.decode_views in (1, 2), "train.decode_views: must be 1 or 2"),
         (cfg.train.shuffle_buffer >= 0, "train.shuffle_buffer: must be >= 0"),
         *[(getattr(cfg.train, f"loss_{t}") >= 0, f"train.loss_{t}: must be >= 0") for t in LOSS_TERMS],
         (cfg.knn.k >= 1, "knn.k: must be >= 1"),

@@ -32,8 +32,10 @@ And one term whose target is learned:
   decode (style, genre, emotion) and lets the rest of a song blur; telling every song from hundreds
   of others keeps the finer evidence (a cluster's lyric topic words, its audio offset, its artists)
   that puts songs of the same small cluster next to each other (50k generated songs, batch 512, 12
-  epochs: similar-song hit rate@20 0.043 -> 0.051, planted-style precision@10 0.76 -> 0.74; it
-  doubles the cost of a training step). A collapsed encoder gets this term's maximum,
+  epochs: similar-song hit rate@20 0.043 -> 0.051, planted-style precision@10 0.76 -> 0.74). Both
+  views go through the encoder; with ``train.decode_views: 1`` (the default) only the first goes
+  through the decoder, so the reconstruction terms see each song once and a step costs ~0.65x what
+  decoding both views does (``docs/design.md``). A collapsed encoder gets this term's maximum,
   ``log(block)``, so it pushes songs apart, never together.
 
 Sparse artist gradients (the CPU path): a step touches at most ~2,000 of the ~125k artist rows (its
@@ -205,10 +207,12 @@ class Autoencoder(nn.Module):
         self.encoder = Encoder(spec, sparse_artist)
         self.decoder = Decoder(spec)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Encode then decode a batch."""
+    def forward(
+        self, batch: dict[str, torch.Tensor], decode_rows: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Encode a batch, then decode all of it, or only its first ``decode_rows`` rows."""
         z = self.encoder(batch)
-        return z, self.decoder(z)
+        return z, self.decoder(z if decode_rows is None else z[:decode_rows])
 
 
 @dataclass
@@ -222,6 +226,7 @@ class LossWeights:
     lyrics: float
     artist_negatives: int
     contrast: float = 0.0
+    decode_views: int = 2  # with contrast: reconstruct both views (2) or the first only (1)
 
     @classmethod
     def from_train(cls, train: dict[str, Any]) -> "LossWeights":
@@ -234,6 +239,7 @@ class LossWeights:
             lyrics=float(train["loss_lyrics"]),
             artist_negatives=int(train["artist_negatives"]),
             contrast=float(train.get("loss_contrast", 0.0)),
+            decode_views=int(train.get("decode_views", 2)),
         )
 
 
@@ -317,11 +323,19 @@ def autoencoder_loss(
     Returns:
         ``(total, parts)``: the scalar loss to back-propagate and each unweighted term as a float.
     """
+    decode_rows = None
     if weights.contrast > 0:
         # Two views in one forward pass (one DDP forward per backward): the batch twice, each copy with
-        # its own dropout and artist-dropout draws.
-        batch = {k: torch.cat([v, v]) for k, v in batch.items()}
-    z, out = model(batch)
+        # its own dropout and artist-dropout draws. With decode_views=1 only the first copy is decoded
+        # (the reconstruction terms see each song once), which saves the decoder's half of the step.
+        doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
+        if weights.decode_views == 1:
+            decode_rows = len(next(iter(batch.values())))
+        else:
+            batch = doubled
+        z, out = model(doubled, decode_rows=decode_rows)
+    else:
+        z, out = model(batch)
     core = model.module if hasattr(model, "module") else model
     numeric = F.mse_loss(out["numeric"].float(), batch["numeric"].float())
     genres = F.binary_cross_entropy_with_logits(out["genres"].float(), batch["genres"].float(), reduction="sum") / max(
