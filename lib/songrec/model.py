@@ -41,8 +41,8 @@ And one term whose target is learned:
 Sparse artist gradients (the CPU path): a step touches at most ~2,000 of the ~125k artist rows (its
 songs' artists and the sampled negatives), yet a dense gradient of the table (12.5M floats at full
 size) is zeroed, all-reduced between ranks, clipped and fed to AdamW on every step
-(``bench/train.py`` on the full-size features, batch 512, in memory: 1,544 rows/s dense vs 4,852
-sparse with one rank, 1,801 vs 6,703 with two). With ``sparse_artist`` the table's gradient is a
+(``bench/train.py`` on the full-size features, batch 512, in memory: 2,258 rows/s dense vs 10,376
+sparse with one rank, 2,213 vs 10,413 with two; 2026-12-02). With ``sparse_artist`` the table's gradient is a
 sparse tensor (every read of it, the encoder's lookup and the artist term's positives and negatives,
 goes through ``F.embedding(sparse=True)``), DDP all-reduces it sparse (gloo), and
 :class:`songrec.train_loop.Optimizers` steps it with ``SparseAdam`` (lazy Adam: only rows in the
