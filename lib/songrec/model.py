@@ -34,7 +34,7 @@ And one term whose target is learned:
   that puts songs of the same small cluster next to each other (50k generated songs, batch 512, 12
   epochs: similar-song hit rate@20 0.043 -> 0.051, planted-style precision@10 0.76 -> 0.74). Both
   views go through the encoder; with ``train.decode_views: 1`` (the default) only the first goes
-  through the decoder, so the reconstruction terms see each song once and a step costs ~0.65x what
+  through the decoder, so the reconstruction terms see each song once and a step costs ~0.7x what
   decoding both views does (``docs/design.md``). A collapsed encoder gets this term's maximum,
   ``log(block)``, so it pushes songs apart, never together.
 
@@ -226,7 +226,7 @@ class LossWeights:
     lyrics: float
     artist_negatives: int
     contrast: float = 0.0
-    decode_views: int = 2  # with contrast: reconstruct both views (2) or the first only (1)
+    decode_views: int = 2  # with contrast: both views (2) or the first only (1); train.decode_views defaults to 1
 
     @classmethod
     def from_train(cls, train: dict[str, Any]) -> "LossWeights":
