@@ -4,12 +4,15 @@ Called by :func:`songrec.train_worker.train_rank` after the process group is up.
 that must agree across ranks (losses, early stopping) is taken on all-reduced values, so all ranks
 take it identically.
 
-Uneven shards: ranks hold different numbers of row groups, hence of batches. The training pass
-runs inside DDP's ``join()`` context, so a rank that runs out of batches shadows the others'
-all-reduces instead of hanging them, and on exit DDP copies the parameters of the rank that ran
-longest (the "last joiner", ties to the larger rank) to all. That rank's optimiser and scheduler
-state is broadcast too, so that all ranks (and the checkpoint rank 0 writes) hold one consistent
-state.
+Uneven shards: ranks hold different numbers of row groups, hence of batches. Before each training
+step the ranks all-reduce how many of them still have a batch; a rank that has run out takes an
+*idle step* (a one-row zero batch whose loss is multiplied by 0) and the others scale their loss by
+``world / active``, so the all-reduced gradient is the mean over the ranks that had data, and every
+rank applies the same update (parameters and optimiser states stay identical without a final copy).
+The pass ends when no rank has a batch. DDP's own ``join()`` is not used: a joined rank shadows the
+gradient all-reduce with *dense* zero buckets, while the active ranks all-reduce the sparse artist
+gradient, a mismatch gloo does not survive (a rank died with SIGSEGV in CI, 2026-12-02); an idle
+step runs the genuine collectives, sparse ones included.
 
 Reproducibility: every epoch reseeds python, numpy and torch from ``(seed, epoch, rank)`` and
 orders row groups with ``seed + epoch``, so restoring the epoch counter from a checkpoint restores
@@ -17,6 +20,7 @@ the random streams too; with ``train.reader_workers: 1`` on CPU a resumed run re
 uninterrupted one exactly.
 """
 
+import contextlib
 import copy
 import io
 import json
@@ -25,9 +29,6 @@ import math
 import os
 import random
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +159,13 @@ def clip_gradients(parameters: Any, max_norm: float) -> float:
     return float(total)
 
 
-def train_step(ctx: dict[str, Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Forward, backward, clip and optimiser step on one batch; returns the (detached) loss."""
+def train_step(ctx: dict[str, Any], batch: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    """Forward, backward (of ``loss * scale``), clip and optimiser step on one batch; returns the (detached,
+    unscaled) loss. ``scale`` weights this rank's gradient in DDP's mean (0 for an idle step)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
         loss, _ = autoencoder_loss(ctx["model"], batch, ctx["weights"])
     ctx["optimizers"].zero_grad()
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     if ctx["train"]["grad_clip"] > 0:
         clip_gradients(ctx["model"].parameters(), ctx["train"]["grad_clip"])
     ctx["optimizers"].step()
@@ -212,27 +214,22 @@ def _load_checkpoint(folder: Path, train: dict[str, Any]) -> dict[str, Any] | No
     return state
 
 
-def _sync_to_last_joiner(steps: int, optimizers: Optimizers) -> None:
-    """Give every rank the optimiser and scheduler state of the rank DDP's join() took parameters from."""
-    world = dist.get_world_size()
-    gathered = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-    dist.all_gather(gathered, torch.tensor([steps], dtype=torch.long))
-    counts = [int(t) for t in gathered]
-    if len(set(counts)) == 1:
-        return  # equal work: every rank already holds the same state
-    src = max(r for r, c in enumerate(counts) if c == max(counts))
-    payload = [optimizers.state_dict() if dist.get_rank() == src else None]
-    dist.broadcast_object_list(payload, src=src)
-    if dist.get_rank() != src:
-        optimizers.load_state_dict(payload[0])
+ID_COLUMNS = ("artist_idx", "genre_idx", "emotion_idx")
 
 
-@contextmanager
-def _joined(model: DistributedDataParallel) -> Iterator[None]:
-    """DDP's ``join()`` (uneven shards), with the process's warning filters as they were afterwards: its exit
-    calls ``warnings.simplefilter("once")``, which would bring back the library warnings the rank silenced."""
-    with warnings.catch_warnings(), model.join(divide_by_initial_world_size=False):
-        yield
+def idle_batch(spec: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """A one-row batch of zeros (unknown artist, genre and emotion) for a rank's idle steps."""
+    zeros = {"numeric": spec.numeric_dim, "genres": spec.genre_dim, "lyrics": spec.lyrics_dim}
+    batch = {name: torch.zeros(1, width, device=device) for name, width in zeros.items()}
+    batch.update({name: torch.zeros(1, dtype=torch.long, device=device) for name in ID_COLUMNS})
+    return batch
+
+
+def _active_ranks(has_batch: bool, device: torch.device) -> int:
+    """How many ranks still have a training batch (one small all-reduce)."""
+    flag = torch.tensor([1 if has_batch else 0], dtype=torch.long, device=device)
+    dist.all_reduce(flag)
+    return int(flag.item())
 
 
 def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]:
@@ -247,20 +244,29 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
         ctx["features_uri"], split, ctx["rank"], ctx["world"], cfg["batch_size"],
         shuffle_buffer=cfg["shuffle_buffer"] if train else 0, seed=cfg["seed"] + epoch,
         workers=cfg["reader_workers"], with_ids=trace is not None,
-    ) as loader, (_joined(model) if train else torch.no_grad()):  # fmt: skip
-        for raw in loader:
+    ) as loader, (contextlib.nullcontext() if train else torch.no_grad()):  # fmt: skip
+        batches = iter(loader)
+        while True:
+            raw = next(batches, None)
+            if train:
+                active = _active_ranks(raw is not None, device)
+                if active == 0:
+                    break
+                if raw is None:  # this rank's shard is done, others' are not: idle step (module docstring)
+                    train_step(ctx, idle_batch(ctx["core"].spec, device), scale=0.0)
+                    continue
+            elif raw is None:
+                break
             if trace is not None:
                 seen.append(raw.pop("song_id").numpy())
             batch = to_device(raw, device)
             rows = len(batch["numeric"])
             if train:
-                loss = train_step(ctx, batch)
+                loss = train_step(ctx, batch, scale=ctx["world"] / active)
             else:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
                     loss, _ = autoencoder_loss(model.module, batch, ctx["weights"])
             sums += torch.tensor([float(loss.detach()) * rows, rows, 1], dtype=torch.float64)
-    if train:
-        _sync_to_last_joiner(int(sums[2]), ctx["optimizers"])
     if trace is not None:
         Path(trace).mkdir(parents=True, exist_ok=True)
         ids = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)

@@ -159,8 +159,7 @@ def quiet_library_warnings() -> None:
     """Silence the deprecation and unclosed-file warnings petastorm 0.12 (on pyarrow 14) and matplotlib (on new
     pyparsing) repeat for every row group and epoch: a few hundred lines per run that bury real errors.
 
-    torchrun children do not inherit the driver's warning filters (and the epoch loop keeps DDP's
-    ``join()`` from resetting them, see ``songrec.train_loop._joined``).
+    torchrun children do not inherit the driver's warning filters.
     """
     for module in ("petastorm", "pyarrow", "matplotlib"):
         warnings.filterwarnings("ignore", module=module)
