@@ -5,13 +5,14 @@ import torch
 from test_model import SPEC, _batch
 
 from songrec.errors import InputError
-from songrec.model import Autoencoder, LossWeights, autoencoder_loss
+from songrec.model import INPUT_COLUMNS, Autoencoder, LossWeights, autoencoder_loss
 from songrec.train_loop import (
     CHECKPOINT_FORMAT,
     Optimizers,
     _load_checkpoint,
     _save_checkpoint,
     clip_gradients,
+    idle_batch,
     sparse_artist,
 )
 
@@ -98,3 +99,17 @@ def test_checkpoint_of_an_older_format_is_a_clear_error(tmp_path):
     assert _load_checkpoint(tmp_path, train)["epoch"] == 2
     with pytest.raises(InputError, match="train.seed=1"):
         _load_checkpoint(tmp_path, dict(train, seed=2))
+
+
+def test_idle_batch_feeds_the_model_and_contributes_zero_gradient():
+    batch = idle_batch(SPEC, torch.device("cpu"))
+    assert set(batch) == set(INPUT_COLUMNS) and all(len(v) == 1 for v in batch.values())
+    model = Autoencoder(SPEC, sparse_artist=True)
+    weights = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16, contrast=1.0)
+    loss, _ = autoencoder_loss(model, batch, weights)
+    (loss * 0.0).backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert grads["encoder.artist.weight"].is_sparse  # the sparse collective still runs on an idle step
+    for name, grad in grads.items():
+        dense = grad.to_dense() if grad.is_sparse else grad
+        assert torch.count_nonzero(dense) == 0, name

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from songrec.errors import InputError, first_line
 from songrec.feed import open_loader, to_device
-from songrec.model import Autoencoder, LossWeights, ModelSpec, autoencoder_loss, spec_dict
+from songrec.model import INPUT_COLUMNS, Autoencoder, LossWeights, ModelSpec, autoencoder_loss, spec_dict
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,12 @@ def _load_checkpoint(folder: Path, train: dict[str, Any]) -> dict[str, Any] | No
     return state
 
 
-ID_COLUMNS = ("artist_idx", "genre_idx", "emotion_idx")
-
-
 def idle_batch(spec: Any, device: torch.device) -> dict[str, torch.Tensor]:
     """A one-row batch of zeros (unknown artist, genre and emotion) for a rank's idle steps."""
     zeros = {"numeric": spec.numeric_dim, "genres": spec.genre_dim, "lyrics": spec.lyrics_dim}
     batch = {name: torch.zeros(1, width, device=device) for name, width in zeros.items()}
-    batch.update({name: torch.zeros(1, dtype=torch.long, device=device) for name in ID_COLUMNS})
+    ids = [name for name in INPUT_COLUMNS if name not in zeros]  # the vocabulary ids (0 = unknown)
+    batch.update({name: torch.zeros(1, dtype=torch.long, device=device) for name in ids})
     return batch
 
 
