@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from conftest import ROOT, make_cfg
 
 from songrec import io
 from songrec.errors import InputError
-from songrec.knn import build_neighbors, locality_order
+from songrec.knn import _build_shards, _load_embeddings, build_neighbors, locality_order
 
 
 def load_job(name: str):
@@ -171,6 +172,26 @@ def test_two_runs_give_identical_tables(spark, tmp_path):
         build_neighbors(spark, cfg)
         tables.append(read_table(spark, cfg))
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_shard_files_written_by_tasks_equal_the_streamed_ones(spark, tmp_path):
+    """Local mode's build (each task writes its index file) and the cluster one (indexes streamed through
+    the driver) leave byte-identical files: the same graphs reach the query pass either way."""
+    n = 900
+    cfg = make_cfg(tmp_path, "knn.shards=3")
+    write_embeddings(spark, cfg, song_ids(n, seed=6), clustered(n, seed=6))
+    df, _, _, sizes = _load_embeddings(spark, cfg)
+    files = {}
+    for shared_disk in (True, False):
+        workdir = tmp_path / f"work-{shared_disk}"
+        workdir.mkdir()
+        shards = _build_shards(df, cfg, workdir, shared_disk=shared_disk)
+        assert sorted(shards) == sorted(sizes) and min(seconds for _, seconds in shards.values()) > 0
+        assert sorted(p.name for p in workdir.iterdir()) == sorted(Path(path).name for path, _ in shards.values())
+        files[shared_disk] = {s: Path(path).read_bytes() for s, (path, _) in shards.items()}
+    assert files[True] == files[False]
+    index = pickle.loads(files[True][0])
+    assert index.get_current_count() == sizes[0]
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,13 @@ Two passes, so that no task holds all N vectors plus all shards:
 1. **Build.** Songs are assigned to ``S = knn.shards`` shards by ``pmod(xxhash64(song_id), S)``
    (song_id is already a hash of artist and title, so shards are near-equal in size and a song
    keeps its shard across runs). ``groupBy(shard).applyInPandas`` builds one hnswlib index per
-   shard (space ``ip`` on unit vectors, labels = the song_id bits as uint64) and returns it
-   pickled. Insertion is single-threaded in song_id order so that the graph is reproducible;
-   shards build in parallel as separate tasks, all in one job whose result is cached.
-2. **Query.** The driver streams the S pickled indexes from that cache (``toLocalIterator``: one
-   partition at a time) to local files that executors can open (the driver's temp directory in local mode,
+   shard (space ``ip`` on unit vectors, labels = the song_id bits as uint64) and pickles
+   it. Insertion is single-threaded in song_id order so that the graph is reproducible;
+   shards build in parallel as separate tasks, all in one job.
+   In local mode each build task writes its pickled index straight to a file in the driver's temp
+   directory (the Python workers run on the driver's machine); on a cluster the indexes come back as
+   rows, cached, and the driver streams them to such files (``toLocalIterator``: one at a time).
+2. **Query.** Executors open the index files (directly in local mode, through
    ``SparkContext.addFile`` on a cluster). The songs are split into query partitions of at most
    ``knn.max_query_rows``; each partition (``mapInPandas``) puts its songs in locality order
    (:func:`locality_order`), loads the S indexes one at a time, asks each for k+1 candidates,
@@ -207,23 +209,40 @@ def _model_id(spark: SparkSession, cfg: Config) -> str | None:
     return None
 
 
-def _build_shards(df: DataFrame, cfg: Config, workdir: Path) -> dict[int, tuple[str, float]]:
-    """Pass 1: build one index per shard in executors; stream them to local files on the driver.
+def _shard_file(workdir: Path, shard: int) -> Path:
+    """Where shard ``shard``'s pickled index is kept (the name is unique, for ``SparkContext.addFile``)."""
+    return workdir / f"songrec-knn-{workdir.name}-shard{shard}.bin"
 
-    Returns ``{shard: (path, build seconds inside its task)}``.
+
+def _build_shards(df: DataFrame, cfg: Config, workdir: Path, shared_disk: bool) -> dict[int, tuple[str, float]]:
+    """Pass 1: build one index per shard in executors, each into a file under ``workdir`` on the driver's disk.
+
+    ``shared_disk`` (local mode: the tasks' Python workers run on the driver's machine): each task writes
+    its index file itself and only ``(shard, seconds)`` come back. Otherwise the pickled indexes come
+    back as rows and the driver streams them to the files. Returns ``{shard: (path, build seconds inside
+    its task)}``.
     """
     knn = cfg.knn
 
     def build(pdf: pd.DataFrame) -> pd.DataFrame:
         start = time.perf_counter()
+        shard = int(pdf["shard"].iloc[0])
         ids = pdf["song_id"].to_numpy(np.int64)
-        index = build_index(ids, np.stack(pdf["vector"].to_numpy()), knn)
-        return pd.DataFrame({
-            "shard": [int(pdf["shard"].iloc[0])], "index": [pickle.dumps(index)],
-            "seconds": [time.perf_counter() - start],
-        })  # fmt: skip
+        blob = pickle.dumps(build_index(ids, np.stack(pdf["vector"].to_numpy()), knn))
+        if shared_disk:
+            path = _shard_file(workdir, shard)
+            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")  # a retried task never leaves half a file
+            partial.write_bytes(blob)
+            partial.replace(path)
+            blob = b""
+        return pd.DataFrame({"shard": [shard], "index": [blob], "seconds": [time.perf_counter() - start]})
 
-    built = df.groupBy("shard").applyInPandas(build, schema=_INDEX_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    built = df.groupBy("shard").applyInPandas(build, schema=_INDEX_SCHEMA)
+    if shared_disk:
+        # One job builds every shard at once (~114 MB a full-size shard that never crosses to the JVM).
+        rows = built.select("shard", "seconds").collect()
+        return {int(r["shard"]): (str(_shard_file(workdir, int(r["shard"]))), float(r["seconds"])) for r in rows}
+    built = built.persist(StorageLevel.MEMORY_AND_DISK)
     shards: dict[int, tuple[str, float]] = {}
     try:
         # toLocalIterator runs one job per partition, only when the driver asks for it: streaming
@@ -231,7 +250,7 @@ def _build_shards(df: DataFrame, cfg: Config, workdir: Path) -> dict[int, tuple[
         # shard is built at once first, then the driver streams them from the cache, one index at a time.
         built.count()
         for row in built.toLocalIterator():
-            path = workdir / f"songrec-knn-{workdir.name}-shard{row['shard']}.bin"
+            path = _shard_file(workdir, int(row["shard"]))
             path.write_bytes(row["index"])
             shards[int(row["shard"])] = (str(path), float(row["seconds"]))
     finally:
@@ -239,9 +258,14 @@ def _build_shards(df: DataFrame, cfg: Config, workdir: Path) -> dict[int, tuple[
     return shards
 
 
+def _local(spark: SparkSession) -> bool:
+    """Local mode: every task runs on the driver's machine and sees its disk."""
+    return spark.sparkContext.master.startswith("local")
+
+
 def _ship(spark: SparkSession, shards: dict[int, tuple[str, float]]) -> list[tuple[str, bool]]:
     """Make the index files readable by executors: ``(path or SparkFiles name, via_spark_files)``."""
-    if spark.sparkContext.master.startswith("local"):
+    if _local(spark):
         # Executors are threads of this JVM on this machine: they open the driver's files directly.
         return [(shards[s][0], False) for s in sorted(shards)]
     for s in sorted(shards):
@@ -324,7 +348,7 @@ def build_neighbors(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     staging = io.staging_uri(cfg.path(), "neighbors")
     try:
         t_build = time.perf_counter()
-        shards = _build_shards(df, cfg, workdir)
+        shards = _build_shards(df, cfg, workdir, shared_disk=_local(spark))
         build_s = time.perf_counter() - t_build
         shard_s = [round(shards[s][1], 3) for s in sorted(shards)]
         log.info("knn: built %d shard indexes in %.1fs (%.0f rows/s; seconds inside each shard's task: %s)",
