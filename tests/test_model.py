@@ -214,3 +214,28 @@ def test_decode_views_one_reconstructs_each_song_once():
 def test_decode_views_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="train.decode_views: must be 1 or 2"):
         make_cfg(tmp_path, "train.decode_views=3")
+
+
+@pytest.mark.parametrize("hidden", [[16, 8], []])
+def test_encoder_views_equal_encoding_the_batch_repeated(hidden):
+    """``views=2`` (dense inputs through the first layer once) = encoding the batch concatenated twice,
+    dropout and artist-dropout draws included, in values and in every gradient."""
+    spec = dataclasses.replace(SPEC, hidden=hidden, dropout=0.1)
+    batch = {k: torch.from_numpy(v) for k, v in _batch(24, seed=5).items()}
+    repeated = {k: torch.cat([v, v]) for k, v in batch.items()}
+    torch.manual_seed(0)
+    encoder = Autoencoder(spec, sparse_artist=False).encoder.train()
+    results = []
+    for inputs, views in ((batch, 2), (repeated, 1)):
+        encoder.zero_grad()
+        torch.manual_seed(3)  # the same dropout and artist-dropout draws
+        z = encoder(inputs, views=views)
+        (z * torch.linspace(-1, 1, z.numel()).reshape(z.shape)).sum().backward()
+        results.append((z.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}))
+    (z_views, g_views), (z_rep, g_rep) = results
+    assert z_views.shape == (48, spec.latent_dim)
+    torch.testing.assert_close(z_views, z_rep, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(z_views[:24], z_views[24:])  # the two copies got their own draws
+    assert g_views.keys() == g_rep.keys() and "artist.weight" in g_views
+    for name, grad in g_views.items():
+        torch.testing.assert_close(grad, g_rep[name], rtol=1e-5, atol=1e-6, msg=name)
