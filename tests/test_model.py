@@ -13,7 +13,7 @@ from train_data import make_features
 
 from songrec.config import ConfigError
 from songrec.errors import InputError
-from songrec.feed import count_row_groups, read_split
+from songrec.feed import TRAIN_COLUMNS, count_row_groups, read_split
 from songrec.model import (
     Autoencoder,
     LossWeights,
@@ -25,6 +25,7 @@ from songrec.model import (
     load_encoder,
     spec_dict,
 )
+from songrec.train_loop import _feed
 
 SPEC = ModelSpec(
     numeric_dim=5, genre_dim=6, lyrics_dim=4, artist_vocab=50, genre_vocab=6, emotion_vocab=4,
@@ -167,6 +168,38 @@ def test_feed_gives_2d_arrays_and_disjoint_shards(spark, tmp_path):
     assert not ids[0] & ids[1]
     assert len(ids[0] | ids[1]) == meta["rows"]["train"]
     assert len(read_split(uri, "val")["song_id"]) == meta["rows"]["val"]
+
+
+def test_training_pass_keeps_its_shards_validation_rows_for_the_validation_passes(spark, tmp_path):
+    """``_feed``: the first training pass keeps the val rows its reader decodes; validation passes then
+    give exactly the rows (values and dtypes) a Petastorm validation pass of the same shard gives."""
+    cfg = make_cfg(tmp_path)
+    meta = make_features(spark, cfg, rows=600, files=2)
+    uri = cfg.path("features")
+    train = {"batch_size": 16, "shuffle_buffer": 100, "seed": 3, "reader_workers": 1}
+    for rank in (0, 1):
+        ctx = {"train": train, "features_uri": uri, "rank": rank, "world": 2, "trace_dir": None}
+        with _feed(ctx, 0, train=True) as loader:
+            trained_rows = sum(len(batch["numeric"]) for batch in loader)
+        kept = ctx["val_rows"]
+        with _feed(ctx, 1, train=False) as loader:
+            batches = list(loader)
+        assert len(batches) > 1 and max(len(b["numeric"]) for b in batches) == 16
+        assert {k: v.dtype for k, v in batches[0].items()} == {
+            k: torch.as_tensor(v).dtype for k, v in read_split(uri, "val", rank, 2).items() if k != "song_id"
+        }
+        del ctx["val_rows"]
+        with _feed(ctx, 1, train=False) as loader:
+            read = list(loader)
+        assert "val_rows" not in ctx  # only a training pass keeps rows
+        assert sorted(kept) == sorted(read[0]) == sorted(TRAIN_COLUMNS)
+        for name in TRAIN_COLUMNS:
+            got = torch.cat([b[name] for b in batches]).numpy()
+            want = torch.cat([b[name] for b in read]).numpy()
+            np.testing.assert_array_equal(np.sort(got, axis=0), np.sort(want, axis=0), err_msg=name)
+        shard = read_split(uri, "train", rank, 2)["song_id"]
+        assert trained_rows == len(shard) and len(kept["numeric"]) == len(read_split(uri, "val", rank, 2)["song_id"])
+    assert meta["rows"]["val"] > 0
 
 
 def test_sparse_artist_table_gives_the_dense_loss_and_gradients():

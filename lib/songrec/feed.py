@@ -89,18 +89,26 @@ class SplitFilter:
     """A batched Petastorm reader seen through a filter: rows of one ``split`` only, ``split`` dropped.
 
     Quacks like the reader for ``BatchedDataLoader`` (iteration, ``batched_output``, ``stop``/``join``).
+    ``aside`` maps another split's name to a list that receives that split's rows of each batch (a dict
+    of numpy arrays): the training pass keeps the validation rows it reads anyway (:func:`open_loader`).
     """
 
-    def __init__(self, reader: Any, split: str):
+    def __init__(self, reader: Any, split: str, aside: dict[str, list[dict[str, np.ndarray]]] | None = None):
         self.reader = reader
         self.split = split
+        self.aside = aside or {}
         self.batched_output = True
         self._tuple: Any = None
 
     def __iter__(self) -> Iterator[Any]:
         for batch in self.reader:
             columns = batch._asdict()
-            keep = columns.pop("split") == self.split
+            split = columns.pop("split")
+            for name, rows in self.aside.items():
+                other = split == name
+                if other.any():
+                    rows.append({k: v[other] for k, v in columns.items()})
+            keep = split == self.split
             if not keep.any():
                 continue
             if self._tuple is None:
@@ -131,6 +139,7 @@ def open_loader(
     seed: int = 0,
     workers: int = 1,
     with_ids: bool = False,
+    aside: dict[str, list[dict[str, np.ndarray]]] | None = None,
 ) -> Iterator[Any]:
     """A ``BatchedDataLoader`` over this rank's shard of one split, for one pass (one epoch).
 
@@ -144,6 +153,10 @@ def open_loader(
         seed: row-group order of this pass (use a different one per epoch).
         workers: reader threads; 1 keeps the row-group order, hence the run, deterministic.
         with_ids: also yield ``song_id`` (tests and tracing).
+        aside: ``{other split: list}``: each list receives that split's rows as the pass reads them
+            (dicts of numpy arrays, the same columns as the batches), e.g. ``{"val": []}`` on a
+            training pass: the row groups hold both splits, so a separate validation pass would decode
+            the whole shard again to use a tenth of it.
 
     Yields:
         The loader; iterating it gives dicts of torch tensors keyed by column name.
@@ -164,7 +177,7 @@ def open_loader(
         seed=seed,
     )
     loader = BatchedDataLoader(
-        SplitFilter(reader, split), batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer
+        SplitFilter(reader, split, aside), batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer
     )
     with loader:
         yield loader

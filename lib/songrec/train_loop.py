@@ -29,6 +29,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,19 +231,48 @@ def _active_ranks(has_batch: bool, device: torch.device) -> int:
     return int(flag.item())
 
 
+def _kept_batches(rows: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The kept validation rows (:func:`_feed`) in batches of ``batch_size``, as the loader gives them."""
+    count = len(next(iter(rows.values()))) if rows else 0
+    for lo in range(0, count, batch_size):
+        yield {name: torch.from_numpy(values[lo : lo + batch_size]) for name, values in rows.items()}
+
+
+@contextlib.contextmanager
+def _feed(ctx: dict[str, Any], epoch: int, train: bool) -> Iterator[Iterable[dict[str, torch.Tensor]]]:
+    """This rank's batches for one pass: Petastorm, and for validation the rows the first training pass kept.
+
+    ``features/`` row groups hold both splits, so a validation pass through Petastorm decodes the whole
+    shard again to use a tenth of it. The first training pass (of this process) keeps the validation
+    rows its reader decodes anyway (``open_loader(aside=...)``; the same row groups, as the shard is the
+    same) and every validation pass reads them from memory: ``val_fraction`` of the shard, ~42 MB a
+    rank at full size with two ranks.
+    """
+    cfg = ctx["train"]
+    if not train and "val_rows" in ctx:
+        yield _kept_batches(ctx["val_rows"], cfg["batch_size"])
+        return
+    aside: dict[str, list[dict[str, np.ndarray]]] | None = {"val": []} if train and "val_rows" not in ctx else None
+    with open_loader(
+        ctx["features_uri"], "train" if train else "val", ctx["rank"], ctx["world"], cfg["batch_size"],
+        shuffle_buffer=cfg["shuffle_buffer"] if train else 0, seed=cfg["seed"] + epoch,
+        workers=cfg["reader_workers"], with_ids=train and ctx["trace_dir"] is not None, aside=aside,
+    ) as loader:  # fmt: skip
+        yield loader
+    if aside is not None:  # a whole pass: every validation row of the shard is here
+        parts = aside["val"]
+        columns = [name for name in (parts[0] if parts else {}) if name != "song_id"]
+        ctx["val_rows"] = {name: np.concatenate([part[name] for part in parts]) for name in columns}
+
+
 def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]:
     """One pass over this rank's shard of one split; returns all-reduced sums as means."""
-    cfg, model, device = ctx["train"], ctx["model"], ctx["device"]
-    split = "train" if train else "val"
+    model, device = ctx["model"], ctx["device"]
     trace = ctx["trace_dir"] if train else None
     seen: list[np.ndarray] = []
     sums = torch.zeros(3, dtype=torch.float64)  # weighted loss, rows, batches
     model.train(train)
-    with open_loader(
-        ctx["features_uri"], split, ctx["rank"], ctx["world"], cfg["batch_size"],
-        shuffle_buffer=cfg["shuffle_buffer"] if train else 0, seed=cfg["seed"] + epoch,
-        workers=cfg["reader_workers"], with_ids=trace is not None,
-    ) as loader, (contextlib.nullcontext() if train else torch.no_grad()):  # fmt: skip
+    with _feed(ctx, epoch, train) as loader, contextlib.nullcontext() if train else torch.no_grad():
         batches = iter(loader)
         while True:
             raw = next(batches, None)
