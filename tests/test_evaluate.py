@@ -28,12 +28,17 @@ def test_exact_topk_matches_brute_force_across_blocks(metric):
     rng = np.random.default_rng(0)
     base = rng.standard_normal((257, 6)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
+    if metric == "l2":
+        base *= rng.uniform(0.5, 3.0, (257, 1)).astype(np.float32)  # norms that differ, as raw features do
     base[100] = base[3]  # an exact duplicate: tie broken by position
     q_pos = np.array([0, 3, 100, 200, 256])
     got, scores = metrics.exact_topk(base[q_pos], q_pos, base, 9, block_rows=7, metric=metric)
     np.testing.assert_array_equal(got, brute(base[q_pos], q_pos, base, 9, metric))
     assert got[1, 0] == 100 and got[2, 0] == 3  # each duplicate finds its twin first, never itself
     assert (np.diff(scores, axis=1) <= 1e-6).all()
+    q = base[q_pos][:, None, :]
+    want = (q * base[got]).sum(-1) if metric == "ip" else -((q - base[got]) ** 2).sum(-1)
+    np.testing.assert_allclose(scores, want, atol=1e-5)  # l2: the negative squared distance
 
 
 def test_exact_topk_with_k_above_block_and_catalogue():

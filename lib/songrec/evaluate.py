@@ -132,12 +132,10 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 def _baselines(songs: pd.DataFrame) -> tuple[dict[str, tuple[np.ndarray, str]], np.ndarray, np.ndarray]:
     """Baseline vectors by name (with metric), the genre multi-hot and the emotion codes."""
     audio = _standardise(songs[AUDIO12].astype("float64").to_numpy())
-    genre_lists = songs["genres"].apply(lambda g: list(g) if isinstance(g, list | np.ndarray) else [])
-    vocab = sorted({g for gs in genre_lists for g in gs})
-    where = {g: i for i, g in enumerate(vocab)}
+    tokens = songs["genres"].reset_index(drop=True).explode().dropna()  # index = row; empty or NULL lists drop out
+    codes, vocab = pd.factorize(tokens, sort=True)
     genres = np.zeros((len(songs), max(len(vocab), 1)), bool)
-    for row, gs in enumerate(genre_lists):
-        genres[row, [where[g] for g in gs]] = True
+    genres[tokens.index.to_numpy(), codes] = True
     emotion = songs["emotion"].where(songs["emotion"].notna() & (songs["emotion"] != "unknown"))
     emotion_codes, _ = pd.factorize(emotion)  # NaN -> -1
     one_hot = np.zeros((len(songs), emotion_codes.max() + 2), np.float32)

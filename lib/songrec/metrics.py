@@ -37,10 +37,18 @@ def exact_topk(
     if metric not in {"ip", "l2"}:
         raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
     queries = np.asarray(queries, np.float32)
+    if metric == "l2":
+        # -|q - b|^2 = (2q . b - |b|^2) - |q|^2: one inner product of [2q, -1] with [b, |b|^2] ranks the
+        # catalogue the same, without three more passes over every block of scores (12 features: 0.52x
+        # the time of computing the distances from the product, the same lists; docs/design.md).
+        base = np.asarray(base, np.float32)
+        augmented_q = np.hstack([2 * queries, -np.ones((len(queries), 1), np.float32)])
+        augmented_b = np.hstack([base, (base * base).sum(1, keepdims=True)])
+        pos, score = exact_topk(augmented_q, query_pos, augmented_b, k, block_rows)
+        return pos, score - (queries * queries).sum(1, keepdims=True)
     n_q = len(queries)
     best_pos = np.full((n_q, 0), MISSING, np.int64)
     best_score = np.full((n_q, 0), -np.inf, np.float32)
-    q_norm = (queries * queries).sum(1, keepdims=True) if metric == "l2" else None
     lo = 0
     while lo < len(base):
         # A small first block fills the lists cheaply; later blocks only merge what beats them.
@@ -48,8 +56,6 @@ def exact_topk(
         block = np.asarray(base[lo : lo + size], np.float32)
         lo += len(block)
         scores = queries @ block.T
-        if metric == "l2":
-            scores = 2 * scores - (block * block).sum(1)[None, :] - q_norm
         start = lo - len(block)
         own = query_pos - start
         rows = np.flatnonzero((own >= 0) & (own < len(block)))
