@@ -180,8 +180,15 @@ def test_training_pass_keeps_its_shards_validation_rows_for_the_validation_passe
     for rank in (0, 1):
         ctx = {"train": train, "features_uri": uri, "rank": rank, "world": 2, "trace_dir": None}
         with _feed(ctx, 0, train=True) as loader:
-            trained_rows = sum(len(batch["numeric"]) for batch in loader)
+            batches = list(loader)
+        assert all(sorted(b) == sorted(TRAIN_COLUMNS) for b in batches)  # song_id was read for the kept rows only
+        trained_rows = sum(len(b["numeric"]) for b in batches)
         kept = ctx["val_rows"]
+        other = {"train": train, "features_uri": uri, "rank": rank, "world": 2, "trace_dir": None}
+        with _feed(other, 5, train=True) as loader:  # another epoch: row groups in another order
+            assert sum(len(b["numeric"]) for b in loader) == trained_rows
+        for name in TRAIN_COLUMNS:  # kept in song_id order: a resumed run validates on the same batches
+            np.testing.assert_array_equal(other["val_rows"][name], kept[name], err_msg=name)
         with _feed(ctx, 1, train=False) as loader:
             batches = list(loader)
         assert len(batches) > 1 and max(len(b["numeric"]) for b in batches) == 16

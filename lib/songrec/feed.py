@@ -93,10 +93,17 @@ class SplitFilter:
     of numpy arrays): the training pass keeps the validation rows it reads anyway (:func:`open_loader`).
     """
 
-    def __init__(self, reader: Any, split: str, aside: dict[str, list[dict[str, np.ndarray]]] | None = None):
+    def __init__(
+        self,
+        reader: Any,
+        split: str,
+        aside: dict[str, list[dict[str, np.ndarray]]] | None = None,
+        drop: tuple[str, ...] = (),
+    ):
         self.reader = reader
         self.split = split
         self.aside = aside or {}
+        self.drop = drop  # columns read for ``aside`` only, left out of the batches
         self.batched_output = True
         self._tuple: Any = None
 
@@ -108,6 +115,8 @@ class SplitFilter:
                 other = split == name
                 if other.any():
                     rows.append({k: v[other] for k, v in columns.items()})
+            for name in self.drop:
+                del columns[name]
             keep = split == self.split
             if not keep.any():
                 continue
@@ -154,7 +163,7 @@ def open_loader(
         workers: reader threads; 1 keeps the row-group order, hence the run, deterministic.
         with_ids: also yield ``song_id`` (tests and tracing).
         aside: ``{other split: list}``: each list receives that split's rows as the pass reads them
-            (dicts of numpy arrays, the same columns as the batches), e.g. ``{"val": []}`` on a
+            (dicts of numpy arrays: the batches' columns and ``song_id``), e.g. ``{"val": []}`` on a
             training pass: the row groups hold both splits, so a separate validation pass would decode
             the whole shard again to use a tenth of it.
 
@@ -164,7 +173,7 @@ def open_loader(
     from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
 
-    fields = [*TRAIN_COLUMNS, "split", *(["song_id"] if with_ids else [])]
+    fields = [*TRAIN_COLUMNS, "split", *(["song_id"] if with_ids or aside else [])]
     reader = make_batch_reader(
         features_uri,
         schema_fields=fields,
@@ -177,7 +186,9 @@ def open_loader(
         seed=seed,
     )
     loader = BatchedDataLoader(
-        SplitFilter(reader, split, aside), batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer
+        SplitFilter(reader, split, aside, drop=() if with_ids or not aside else ("song_id",)),
+        batch_size=batch_size,
+        shuffling_queue_capacity=shuffle_buffer,
     )
     with loader:
         yield loader

@@ -246,7 +246,8 @@ def _feed(ctx: dict[str, Any], epoch: int, train: bool) -> Iterator[Iterable[dic
     shard again to use a tenth of it. The first training pass (of this process) keeps the validation
     rows its reader decodes anyway (``open_loader(aside=...)``; the same row groups, as the shard is the
     same) and every validation pass reads them from memory: ``val_fraction`` of the shard, ~42 MB a
-    rank at full size with two ranks.
+    rank at full size with two ranks. They are kept in song_id order, whatever order the training
+    pass read its row groups in, so a resumed run validates on the same batches as an uninterrupted one.
     """
     cfg = ctx["train"]
     if not train and "val_rows" in ctx:
@@ -261,8 +262,9 @@ def _feed(ctx: dict[str, Any], epoch: int, train: bool) -> Iterator[Iterable[dic
         yield loader
     if aside is not None:  # a whole pass: every validation row of the shard is here
         parts = aside["val"]
+        order = np.argsort(np.concatenate([part["song_id"] for part in parts]), kind="stable") if parts else None
         columns = [name for name in (parts[0] if parts else {}) if name != "song_id"]
-        ctx["val_rows"] = {name: np.concatenate([part[name] for part in parts]) for name in columns}
+        ctx["val_rows"] = {name: np.concatenate([part[name] for part in parts])[order] for name in columns}
 
 
 def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]:
