@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from songrec.config import DEFAULT_CONF, load_config, to_uri
-from songrec.train_loop import sparse_artist, train_step
+from songrec.feed import to_device
+from songrec.train_loop import in_lockstep, sparse_artist, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,27 +90,28 @@ def _memory_epoch(ctx: dict, data: dict, max_rows: int | None = None) -> tuple[i
     batch_size = ctx["train"]["batch_size"]
     t0 = time.perf_counter()
     order = torch.randperm(len(data["numeric"]))
-    with ctx["model"].join(divide_by_initial_world_size=False):
-        for start in range(0, rows, batch_size):
-            idx = order[start : start + batch_size]
-            train_step(ctx, {k: v[idx].to(ctx["device"], non_blocking=True) for k, v in data.items()})
+    batches = ({k: v[order[lo : lo + batch_size]] for k, v in data.items()} for lo in range(0, rows, batch_size))
+    # Ranks hold different row counts: uneven batch counts run in lock step as in training (idle steps;
+    # DDP's join() with the sparse artist gradient over gloo corrupts memory, docs/design.md).
+    for batch, scale in in_lockstep(ctx, batches):
+        train_step(ctx, to_device(batch, ctx["device"]), scale=scale)
     if ctx["amp"]:
         torch.cuda.synchronize()
     return rows, time.perf_counter() - t0
 
 
 def _petastorm_epoch(ctx: dict, epoch: int) -> tuple[int, float]:
-    from songrec.feed import open_loader, to_device
+    from songrec.feed import open_loader
 
     train, rows = ctx["train"], 0
     t0 = time.perf_counter()
-    with ctx["model"].join(divide_by_initial_world_size=False), open_loader(
+    with open_loader(
         ctx["features_uri"], "train", ctx["rank"], ctx["world"], train["batch_size"],
         shuffle_buffer=train["shuffle_buffer"], seed=epoch, workers=train["reader_workers"],
     ) as loader:  # fmt: skip
-        for batch in loader:
+        for batch, scale in in_lockstep(ctx, loader):
             rows += len(batch["numeric"])
-            train_step(ctx, to_device(batch, ctx["device"]))
+            train_step(ctx, to_device(batch, ctx["device"]), scale=scale)
     if ctx["amp"]:
         torch.cuda.synchronize()
     return rows, time.perf_counter() - t0

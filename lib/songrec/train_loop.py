@@ -231,6 +231,26 @@ def _active_ranks(has_batch: bool, device: torch.device) -> int:
     return int(flag.item())
 
 
+def in_lockstep(ctx: dict[str, Any], batches: Iterable[Any]) -> Iterator[tuple[Any, float]]:
+    """This rank's training batches, each with its loss scale, in step with the other ranks.
+
+    Before each step the ranks count who still has a batch. While this rank has none and others do, it
+    takes idle steps itself (a zero batch, loss times 0); each real batch comes with ``world / active``,
+    the scale that makes the all-reduced gradient the mean over the ranks that had data (module
+    docstring). Ends when no rank has a batch. The caller runs ``train_step(ctx, batch, scale=scale)``.
+    """
+    source = iter(batches)
+    while True:
+        batch = next(source, None)
+        active = _active_ranks(batch is not None, ctx["device"])
+        if active == 0:
+            return
+        if batch is None:  # this rank's shard is done, others' are not
+            train_step(ctx, idle_batch(ctx["core"].spec, ctx["device"]), scale=0.0)
+            continue
+        yield batch, ctx["world"] / active
+
+
 def _kept_batches(rows: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """The kept validation rows (:func:`_feed`) in batches of ``batch_size``, as the loader gives them."""
     count = len(next(iter(rows.values()))) if rows else 0
@@ -275,24 +295,13 @@ def _run_epoch(ctx: dict[str, Any], epoch: int, train: bool) -> dict[str, float]
     sums = torch.zeros(3, dtype=torch.float64)  # weighted loss, rows, batches
     model.train(train)
     with _feed(ctx, epoch, train) as loader, contextlib.nullcontext() if train else torch.no_grad():
-        batches = iter(loader)
-        while True:
-            raw = next(batches, None)
-            if train:
-                active = _active_ranks(raw is not None, device)
-                if active == 0:
-                    break
-                if raw is None:  # this rank's shard is done, others' are not: idle step (module docstring)
-                    train_step(ctx, idle_batch(ctx["core"].spec, device), scale=0.0)
-                    continue
-            elif raw is None:
-                break
+        for raw, scale in in_lockstep(ctx, loader) if train else ((raw, 1.0) for raw in loader):
             if trace is not None:
                 seen.append(raw.pop("song_id").numpy())
             batch = to_device(raw, device)
             rows = len(batch["numeric"])
             if train:
-                loss = train_step(ctx, batch, scale=ctx["world"] / active)
+                loss = train_step(ctx, batch, scale=scale)
             else:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx["amp"]):
                     loss, _ = autoencoder_loss(model.module, batch, ctx["weights"])
