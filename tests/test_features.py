@@ -6,7 +6,7 @@ from pyspark.ml.feature import HashingTF
 from pyspark.sql import functions as F
 from sklearn.utils import murmurhash3_32
 
-from songrec.features import _NON_WORD, _TAG, bucket_counts, lyrics_idf, lyrics_vector
+from songrec.features import _NON_WORD, _TAG, _ascii_words, _regex_words, bucket_counts, lyrics_idf, lyrics_vector
 
 TEXTS = [
     "[Verse 1] Hello, hello WORLD  don't stop",
@@ -37,6 +37,37 @@ def test_bucket_counts_hand_counted():
         for w in ws:
             want[row, bucket(w, dim)] += 1
     np.testing.assert_array_equal(got, want)
+
+
+def _words_by_row(rows: np.ndarray, words: pa.Array, n: int) -> list[list[str]]:
+    out: list[list[str]] = [[] for _ in range(n)]
+    for r, w in zip(rows.tolist(), words.to_pylist(), strict=True):
+        out[r].append(w)
+    return out
+
+
+def test_ascii_scan_finds_the_regex_words():
+    """The byte scan against the RE2 split on ASCII text: words touching row ends, empty and wordless rows,
+    apostrophes, a sliced array (non-zero offset) and large_string offsets."""
+    rng = np.random.default_rng(7)
+    pieces = ["Don't", "STOP", "x2", "1999", "rock'n'roll", "'", "--", " ", "  ", ",", "!?", "a", "Z9", "\t", "''"]
+    texts = ["", "word", "", "end.", "!start", "...", "", "'quoted'", "A", ""]
+    texts += ["".join(rng.choice(pieces, rng.integers(0, 30))) for _ in range(400)]
+    for array in (pa.array(texts), pa.array(["pad", *texts]).slice(1), pa.array(texts, pa.large_string())):
+        want = _words_by_row(*_regex_words(array), len(texts))
+        rows, words = _ascii_words(array)
+        assert _words_by_row(rows, words, len(texts)) == want
+        assert sum(map(len, want)) > 1000
+
+
+def test_bucket_counts_same_for_a_row_alone_or_in_any_batch():
+    """Rows of both paths mixed in one batch (non-ASCII rows, and a non-ASCII word inside a tag that goes)
+    count as they do alone."""
+    texts = [*TEXTS, "[Intro: Beyoncé] ok ok", "naïve x", "plain words here", None, "ünïcödé 'n' stuff"] * 3
+    batch = np.array(bucket_counts(pa.array(texts), 16).to_pylist())
+    alone = np.array([bucket_counts(pa.array([t], pa.string()), 16).to_pylist()[0] for t in texts])
+    np.testing.assert_array_equal(batch, alone)
+    assert batch[len(TEXTS)].sum() == 2  # the tag and its non-ASCII name are gone: "ok ok"
 
 
 def test_buckets_are_hashingtfs(spark):
