@@ -122,7 +122,8 @@ def test_evaluate_writes_metrics_and_manifest_recall(spark, tmp_path):
     assert manifest["recall"]["at_10"] == result["recall"]["at_10"] and manifest["recall"]["sample"] == 300
     assert result["notes"] == []
     # The driver's steps follow one another; the table scans run in a thread beside them.
-    steps = ["embeddings_s", "songs_s", "features_s", "truth_s", "exact_s", "baselines_s", "table_wait_s", "relevance_s"]
+    steps = ["embeddings_s", "songs_s", "features_s", "truth_s", "exact_s", "baselines_s"]
+    steps += ["table_wait_s", "relevance_s"]
     timings = result["timings"]
     assert [s for s in timings if s in steps] == steps
     assert sum(timings[s] for s in steps) <= timings["total_s"] + 0.01  # 3-decimal rounding
