@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 from pyarrow import csv as pacsv
 from pyarrow import fs as pafs
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from songrec import io, metrics
@@ -160,9 +160,8 @@ def _relevance(nbrs: np.ndarray, sample: np.ndarray, ctx: dict[str, Any], k: int
     return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in out.items()}
 
 
-def _table_lists(spark: SparkSession, cfg: Config, sample_ids: np.ndarray, pos: pd.Series, k: int) -> np.ndarray:
+def _table_lists(table: DataFrame, sample_ids: np.ndarray, pos: pd.Series, k: int) -> np.ndarray:
     """The table's neighbour positions for the sample, ``[S, k]`` (-1 where a list is short)."""
-    table = spark.read.parquet(_require(spark, cfg, "neighbors"))
     rows = (
         table.where(F.col("song_id").isin([int(s) for s in sample_ids]) & (F.col("rank") <= k))
         .select("song_id", "rank", "neighbor_id")
@@ -176,13 +175,13 @@ def _table_lists(spark: SparkSession, cfg: Config, sample_ids: np.ndarray, pos: 
     return out
 
 
-def _table_scans(spark: SparkSession, cfg: Config, sample_ids: np.ndarray, pos: pd.Series, k: int) -> dict[str, Any]:
-    """Both reads of neighbors/: the sample's lists (:func:`_table_lists`) and the whole table's coverage and
-    largest in-degree, each with its seconds."""
+def _table_scans(table: DataFrame, sample_ids: np.ndarray, pos: pd.Series, k: int) -> dict[str, Any]:
+    """Both Spark jobs over neighbors/: the sample's lists (:func:`_table_lists`) and the whole table's
+    coverage and largest in-degree, each with its seconds."""
     lap = Laps()
-    found = _table_lists(spark, cfg, sample_ids, pos, k)
+    found = _table_lists(table, sample_ids, pos, k)
     lap("table_lists_s")
-    in_degree = spark.read.parquet(cfg.path("neighbors")).groupBy("neighbor_id").count()
+    in_degree = table.groupBy("neighbor_id").count()
     whole = in_degree.agg(F.count("*").alias("covered"), F.max("count").alias("max_in")).first()
     lap("in_degree_s")
     return {"found": found, "covered": int(whole["covered"] or 0), "max_in": int(whole["max_in"] or 0), **lap.laps}
@@ -218,9 +217,9 @@ def evaluate(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     pos = pd.Series(np.arange(n), index=ids)
     rng = np.random.default_rng(cfg.evaluate.seed)
     sample = np.sort(rng.choice(n, size=min(cfg.evaluate.sample, n), replace=False))
-    _require(spark, cfg, "neighbors")
+    table_df = spark.read.parquet(_require(spark, cfg, "neighbors"))  # listed once for both jobs
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-table") as pool:
-        scans = pool.submit(_table_scans, spark, cfg, ids[sample], pos, k)
+        scans = pool.submit(_table_scans, table_df, ids[sample], pos, k)
         songs = _songs(spark, cfg, ids)
         lap("songs_s")
         baselines, genres, emotions = _baselines(songs)

@@ -65,8 +65,8 @@ def bucket_counts(text: Any, dim: int) -> Any:
     scan of their bytes (:func:`_ascii_words`); the others by pyarrow's (RE2) regex split
     (:func:`_regex_words`), which finds the same words in ASCII text: the split alone cost more than the
     whole function does now (docs/design.md: 11.3 -> 5.5 s per 100k full-size lyrics). Each distinct
-    word is hashed once (scikit-learn's MurmurHash3, which gives Spark's ``HashingTF``
-    values, tail bytes included).
+    word is hashed once (scikit-learn's MurmurHash3, which gives Spark's ``HashingTF`` values, tail
+    bytes included).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -107,8 +107,8 @@ def _ascii_words(strings: Any) -> tuple[np.ndarray, Any]:
     data = np.zeros(0, np.uint8) if data_buf is None else np.frombuffer(data_buf, np.uint8)[offsets[0] : offsets[-1]]
     offsets -= offsets[0]
     word = _WORD_BYTE[data]
-    first = offsets[:-1][np.diff(offsets) > 0]  # first and last byte of each non-empty row: words end there
-    last = offsets[1:][np.diff(offsets) > 0] - 1
+    filled = np.diff(offsets) > 0
+    first, last = offsets[:-1][filled], offsets[1:][filled] - 1  # each non-empty row's ends: words stop there
     start, end = word.copy(), word.copy()
     start[1:] &= ~word[:-1]
     end[:-1] &= ~word[1:]
