@@ -118,12 +118,15 @@ def _petastorm_epoch(ctx: dict, epoch: int) -> tuple[int, float]:
 
 
 def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
+    import faulthandler
+
     from songrec.feed import read_split
     from songrec.model import LossWeights
     from songrec.train_loop import _build
     from songrec.train_worker import _setup_rank_logging
 
     _setup_rank_logging(rank)
+    faulthandler.enable(all_threads=True)  # a rank killed by a fatal signal prints its Python stack
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     amp = spec["use_gpu"]
     dist.init_process_group("nccl" if amp else "gloo", rank=rank, world_size=world)

@@ -4,8 +4,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,39 @@ def test_use_gpu_true_without_gpu_fails_before_training(spark, uneven):
     cfg = make_cfg(local_path(uneven.root).parent, "train.use_gpu=true")
     with pytest.raises(SongrecError, match="no GPU"):
         run_training(spark, cfg)
+
+
+def test_fatal_signal_in_a_rank_is_named(tmp_path):
+    """A rank that dies of SIGSEGV in native code leaves its stack; the driver names it before its peer's echo."""
+    from songrec.train import rank_failure
+    from songrec.train_worker import record_failure, stop_watching, watch_fatal_signals
+
+    crash = textwrap.dedent(f"""
+        import ctypes
+        from songrec.train_worker import watch_fatal_signals
+
+        def step_in_native_code():
+            ctypes.string_at(0)  # a real segfault: read address 0
+
+        watch_fatal_signals({str(tmp_path)!r}, 1)
+        step_in_native_code()
+    """)
+    proc = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr
+    record_failure(str(tmp_path), 0, RuntimeError("[gloo] Connection closed by peer"))  # the survivor's echo
+    err = rank_failure(tmp_path / "failures")
+    assert type(err) is SongrecError
+    msg = str(err)
+    assert msg.startswith("training failed: rank 1 died of a fatal signal (Fatal Python error: Segmentation fault")
+    assert msg.count("ctypes/__init__.py") == 1 and "in string_at;" in msg  # the frame that crashed
+    assert str(tmp_path / "failures" / "rank1.fatal") in msg
+    assert 'File "<string>", line 6 in step_in_native_code' in (tmp_path / "failures" / "rank1.fatal").read_text()
+    assert msg.endswith("; then rank 0: RuntimeError: [gloo] Connection closed by peer")
+
+    # A rank that ends normally leaves no dump behind, and an empty one is not a failure.
+    fh = watch_fatal_signals(str(tmp_path), 2)
+    assert (tmp_path / "failures" / "rank2.fatal").exists()
+    stop_watching(fh)
+    assert not (tmp_path / "failures" / "rank2.fatal").exists()
+    (tmp_path / "failures" / "rank3.fatal").touch()
+    assert str(rank_failure(tmp_path / "failures")).startswith("training failed: rank 1 died of a fatal signal")

@@ -28,7 +28,7 @@ from songrec import io
 from songrec.config import Config, local_path
 from songrec.errors import InputError, SongrecError, first_line
 from songrec.feed import check_shardable
-from songrec.train_worker import failures_dir, make_spec, train_rank
+from songrec.train_worker import FATAL_SUFFIX, failures_dir, make_spec, train_rank
 
 log = logging.getLogger(__name__)
 
@@ -157,35 +157,66 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
 
 
 def rank_failure(folder: Path, cause: BaseException | None = None) -> SongrecError:
-    """The error to raise when TorchDistributor reports a failed run: what the ranks recorded, first failure first.
+    """The error to raise when TorchDistributor reports a failed run: what the ranks recorded, root cause first.
 
     A rank's own clear error (an :class:`InputError` such as a checkpoint made with another config) is
-    raised as it is; any other exception becomes a :class:`SongrecError` naming the rank, the exception
-    and the file with its traceback. A rank that died without a word (killed, out of memory) leaves no
-    record; the message says so, with the first line of ``cause`` (what TorchDistributor raised) when given.
+    raised as it is. Next comes a rank killed by a fatal signal (its ``rank{N}.fatal`` stack dump, see
+    :func:`songrec.train_worker.watch_fatal_signals`): the other ranks' errors are then only its echo
+    ("Connection closed by peer"). Any other exception becomes a :class:`SongrecError` naming the rank,
+    the exception and the file with its traceback. A rank that died without a word (SIGKILL, out of
+    memory) leaves no record; the message says so, with the first line of ``cause`` (what
+    TorchDistributor raised) when given.
     """
     records = []
     for path in sorted(folder.glob("rank*.json")):
         try:
-            records.append({**json.loads(path.read_text()), "path": path})
+            records.append({**json.loads(path.read_text()), "path": path, "fatal": False})
         except (OSError, ValueError):
             continue
+    for path in sorted(folder.glob(f"rank*{FATAL_SUFFIX}")):
+        try:
+            dump = path.read_text(errors="replace")
+            when = path.stat().st_mtime
+        except OSError:
+            continue
+        if dump.strip():
+            rank = path.name[len("rank") : -len(FATAL_SUFFIX)]
+            records.append({"rank": rank, "type": "fatal signal", "message": first_line(dump.strip()),
+                            "songrec": False, "time": when, "path": path, "fatal": True,
+                            "frame": _innermost_frame(dump)})  # fmt: skip
     if not records:
         said = f" (TorchDistributor: {type(cause).__name__}: {first_line(str(cause))})" if cause is not None else ""
         return SongrecError(
             f"training failed and no rank recorded an exception in {folder}: a rank was probably killed (out of "
             f"memory, or a signal), or that folder is not one the driver sees; see the torchrun output above{said}"
         )
-    records.sort(key=lambda r: (not r["songrec"], r["time"]))
+    records.sort(key=lambda r: (not r["songrec"], not r["fatal"], r["time"]))
     first = records[0]
     if first["songrec"]:
         kind = InputError if first["input"] else SongrecError
         return kind(first["message"])
     others = "; ".join(f"rank {r['rank']}: {r['type']}: {first_line(r['message'])}" for r in records[1:])
+    then = f"; then {others}" if others else ""
+    if first["fatal"]:
+        at = f", in {first['frame']}" if first["frame"] else ""
+        return SongrecError(
+            f"training failed: rank {first['rank']} died of a fatal signal ({first['message']}{at}; the stack "
+            f"of every thread is in {first['path']}){then}"
+        )
     return SongrecError(
         f"training failed on rank {first['rank']}: {first['type']}: {first_line(first['message'])} "
-        f"(traceback in {first['path']}){f'; then {others}' if others else ''}"
+        f"(traceback in {first['path']}){then}"
     )
+
+
+def _innermost_frame(dump: str) -> str | None:
+    """``File "x.py", line N in f``: the first frame of the crashing thread in a faulthandler dump."""
+    lines = dump.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Current thread"):
+            frame = next((x.strip() for x in lines[i + 1 :] if x.strip().startswith("File ")), None)
+            return frame
+    return None
 
 
 def _upload(spark: Any, folder: str, staging: str) -> None:

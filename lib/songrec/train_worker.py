@@ -80,19 +80,25 @@ def train_rank(spec: dict[str, Any]) -> dict[str, Any]:
     if "RANK" not in os.environ:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    _setup_rank_logging(int(os.environ["RANK"]))
+    rank = int(os.environ["RANK"])
+    _setup_rank_logging(rank)
+    fatal = watch_fatal_signals(spec["checkpoint_dir"], rank)
     backend = "nccl" if spec["use_gpu"] else "gloo"
     dist.init_process_group(backend=backend)
     try:
         return run_rank(spec)
     except BaseException as exc:
-        record_failure(spec["checkpoint_dir"], int(os.environ["RANK"]), exc)
+        record_failure(spec["checkpoint_dir"], rank, exc)
         raise
     finally:
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        finally:
+            stop_watching(fatal)
 
 
 FAILURES = "failures"  # under the checkpoint folder: one JSON file per rank that raised
+FATAL_SUFFIX = ".fatal"  # beside them: the stack dump of a rank killed by a fatal signal
 
 
 def failures_dir(checkpoint_dir: str) -> Path:
@@ -131,6 +137,44 @@ def record_failure(checkpoint_dir: str, rank: int, exc: BaseException) -> None:
     except OSError as err:
         log.error("could not record rank %d's failure in %s: %s", rank, folder, err)
     log.error("rank %d failed: %s: %s", rank, record["type"], record["message"])
+
+
+def watch_fatal_signals(checkpoint_dir: str, rank: int) -> Any:
+    """Make a fatal signal in this rank (a segfault in native code) leave ``rank{N}.fatal`` in the failures folder.
+
+    ``faulthandler`` writes the Python stack of every thread there when the process dies of SIGSEGV,
+    SIGFPE, SIGABRT, SIGBUS or SIGILL; Python's own exception handling never runs then, so without
+    this the driver could only say that a rank died. Returns the open file for :func:`stop_watching`,
+    or ``None`` when the folder cannot be written (logged; training goes on unwatched).
+    """
+    import faulthandler
+
+    path = failures_dir(checkpoint_dir) / f"rank{rank}{FATAL_SUFFIX}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "w")  # noqa: SIM115 - must stay open for as long as the rank runs
+    except OSError as err:
+        log.warning("rank %d: cannot write %s, a fatal signal will leave no stack: %s", rank, path, err)
+        return None
+    faulthandler.enable(file=fh, all_threads=True)
+    return fh
+
+
+def stop_watching(fh: Any) -> None:
+    """The rank ended without a fatal signal: stop :func:`watch_fatal_signals`, remove its empty file (and folder)."""
+    import faulthandler
+
+    if fh is None:
+        return
+    faulthandler.disable()
+    fh.close()
+    path = Path(fh.name)
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+            path.parent.rmdir()  # the failures folder too, unless another rank recorded something there
+    except OSError:
+        pass
 
 
 def _free_port() -> int:
