@@ -243,9 +243,9 @@ def test_fatal_signal_in_a_rank_is_named(tmp_path):
     assert msg.endswith("; then rank 0: RuntimeError: [gloo] Connection closed by peer")
 
     # A rank that ends normally leaves no dump behind, and an empty one is not a failure.
-    fh = watch_fatal_signals(str(tmp_path), 2)
+    watch = watch_fatal_signals(str(tmp_path), 2)
     assert (tmp_path / "failures" / "rank2.fatal").exists()
-    stop_watching(fh)
+    stop_watching(watch)
     assert not (tmp_path / "failures" / "rank2.fatal").exists()
     (tmp_path / "failures" / "rank3.fatal").touch()
     assert str(rank_failure(tmp_path / "failures")).startswith("training failed: rank 1 died of a fatal signal")

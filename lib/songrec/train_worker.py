@@ -82,7 +82,7 @@ def train_rank(spec: dict[str, Any]) -> dict[str, Any]:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     rank = int(os.environ["RANK"])
     _setup_rank_logging(rank)
-    fatal = watch_fatal_signals(spec["checkpoint_dir"], rank)
+    watch = watch_fatal_signals(spec["checkpoint_dir"], rank)
     backend = "nccl" if spec["use_gpu"] else "gloo"
     dist.init_process_group(backend=backend)
     try:
@@ -94,7 +94,7 @@ def train_rank(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             dist.destroy_process_group()
         finally:
-            stop_watching(fatal)
+            stop_watching(watch)
 
 
 FAILURES = "failures"  # under the checkpoint folder: one JSON file per rank that raised
@@ -139,13 +139,14 @@ def record_failure(checkpoint_dir: str, rank: int, exc: BaseException) -> None:
     log.error("rank %d failed: %s: %s", rank, record["type"], record["message"])
 
 
-def watch_fatal_signals(checkpoint_dir: str, rank: int) -> Any:
+def watch_fatal_signals(checkpoint_dir: str, rank: int) -> tuple[Any, bool] | None:
     """Make a fatal signal in this rank (a segfault in native code) leave ``rank{N}.fatal`` in the failures folder.
 
     ``faulthandler`` writes the Python stack of every thread there when the process dies of SIGSEGV,
     SIGFPE, SIGABRT, SIGBUS or SIGILL; Python's own exception handling never runs then, so without
-    this the driver could only say that a rank died. Returns the open file for :func:`stop_watching`,
-    or ``None`` when the folder cannot be written (logged; training goes on unwatched).
+    this the driver could only say that a rank died. Returns what :func:`stop_watching` needs (the open
+    file, whether faulthandler was on before), or ``None`` when the folder cannot be written (logged;
+    training goes on unwatched).
     """
     import faulthandler
 
@@ -156,17 +157,22 @@ def watch_fatal_signals(checkpoint_dir: str, rank: int) -> Any:
     except OSError as err:
         log.warning("rank %d: cannot write %s, a fatal signal will leave no stack: %s", rank, path, err)
         return None
+    was_on = faulthandler.is_enabled()  # e.g. PYTHONFAULTHANDLER=1 (to stderr): stop_watching puts it back
     faulthandler.enable(file=fh, all_threads=True)
-    return fh
+    return fh, was_on
 
 
-def stop_watching(fh: Any) -> None:
+def stop_watching(watch: tuple[Any, bool] | None) -> None:
     """The rank ended without a fatal signal: stop :func:`watch_fatal_signals`, remove its empty file (and folder)."""
     import faulthandler
 
-    if fh is None:
+    if watch is None:
         return
-    faulthandler.disable()
+    fh, was_on = watch
+    if was_on:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+    else:
+        faulthandler.disable()
     fh.close()
     path = Path(fh.name)
     try:
