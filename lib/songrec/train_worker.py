@@ -272,5 +272,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def exit_now(code: int) -> None:
+    """End this rank process with ``code`` without the interpreter's teardown.
+
+    The work is done and committed by then. In that teardown a native thread sometimes outlives its
+    owner: the rank prints ``terminate called without an active exception`` and dies of SIGABRT,
+    and torchrun reports a finished, committed training as failed (seen once in the test suite,
+    2026-12-02; see docs/design.md). Flushing the logs and streams and leaving with ``os._exit``
+    skips that teardown; nothing of ours needs it.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
