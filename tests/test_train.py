@@ -215,6 +215,18 @@ def test_use_gpu_true_without_gpu_fails_before_training(spark, uneven):
         run_training(spark, cfg)
 
 
+def test_train_worker_cli_failure_exits_1_with_its_message(uneven, tmp_path):
+    """The CLI leaves through exit_now (os._exit): its status and its last log line must still come out."""
+    cmd = [
+        sys.executable, "-m", "songrec.train_worker", "--features", uneven.path("features"),
+        "--meta", str(tmp_path / "no-meta"), "--out", str(tmp_path / "model"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "train failed: meta file missing:" in done.stderr
+    assert not (tmp_path / "model").exists()
+
+
 def test_fatal_signal_in_a_rank_is_named(tmp_path):
     """A rank that dies of SIGSEGV in native code leaves its stack; the driver names it before its peer's echo."""
     from songrec.train import rank_failure

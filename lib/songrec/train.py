@@ -214,8 +214,7 @@ def _innermost_frame(dump: str) -> str | None:
     lines = dump.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("Current thread"):
-            frame = next((x.strip() for x in lines[i + 1 :] if x.strip().startswith("File ")), None)
-            return frame
+            return next((x.strip() for x in lines[i + 1 :] if x.strip().startswith("File ")), None)
     return None
 
 
