@@ -1,4 +1,5 @@
-"""The lyric tokeniser (Arrow batches in Spark's Python workers) against hand-counted words and Spark's own regex."""
+"""The lyric tokeniser (Arrow batches in Spark's Python workers) against hand-counted words and Spark's own regex;
+the genre multi-hot against hand-made rows."""
 
 import numpy as np
 import pyarrow as pa
@@ -6,7 +7,16 @@ from pyspark.ml.feature import HashingTF
 from pyspark.sql import functions as F
 from sklearn.utils import murmurhash3_32
 
-from songrec.features import _NON_WORD, _TAG, _ascii_words, _regex_words, bucket_counts, lyrics_idf, lyrics_vector
+from songrec.features import (
+    _NON_WORD,
+    _TAG,
+    _ascii_words,
+    _regex_words,
+    bucket_counts,
+    genre_multi_hot,
+    lyrics_idf,
+    lyrics_vector,
+)
 
 TEXTS = [
     "[Verse 1] Hello, hello WORLD  don't stop",
@@ -100,3 +110,28 @@ def test_lyrics_idf_over_arrays(spark):
     df = spark.createDataFrame([(c,) for c in counts], "lyrics array<float>")
     n, docs = 4, np.array([2, 0, 2])
     np.testing.assert_allclose(lyrics_idf(df, "lyrics"), np.log((n + 1) / (docs + 1)), atol=1e-6)
+
+
+def test_genre_multi_hot_by_hand(spark):
+    vocab = ["<unk>", "hip hop", "pop", "rock"]
+    rows = [
+        (1, ["pop", "hip hop"]),
+        (2, ["rock", "rock"]),  # a repeat is still 1
+        (3, ["pop", "zydeco"]),  # an unknown genre sets position 0 beside the known one
+        (4, []),
+        (5, ["<unk>"]),  # the vocabulary's own token is as unknown as any other
+        (6, ["Pop"]),  # genres are matched as they are (preprocess lower-cases them)
+    ]
+    df = spark.createDataFrame(rows, "id int, genres array<string>")
+    got = {r.id: r.hot for r in genre_multi_hot(df, "genres", vocab, "hot").collect()}
+    assert got == {
+        1: [0.0, 1.0, 1.0, 0.0],
+        2: [0.0, 0.0, 0.0, 1.0],
+        3: [1.0, 0.0, 1.0, 0.0],
+        4: [0.0, 0.0, 0.0, 0.0],
+        5: [1.0, 0.0, 0.0, 0.0],
+        6: [1.0, 0.0, 0.0, 0.0],
+    }
+    only_unk = {r.id: r.hot for r in genre_multi_hot(df, "genres", ["<unk>"], "hot").collect()}
+    assert only_unk == {1: [1.0], 2: [1.0], 3: [1.0], 4: [0.0], 5: [1.0], 6: [1.0]}
+    assert genre_multi_hot(df, "genres", vocab, "hot").columns == ["id", "genres", "hot"]
