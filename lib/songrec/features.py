@@ -262,15 +262,11 @@ def genre_multi_hot(df: DataFrame, col: str, genres: list[str], out_col: str) ->
     genres. Alone that column took 4-6 s instead of 12-19 s, but the whole features step gained only
     1-3 s (docs/design.md).
     """
-    if len(genres) <= 1:  # no genre vocabulary: every genre is unknown
-        return df.withColumn(out_col, F.array((F.size(col) > 0).cast("float")))
-    known = F.array(*[F.lit(g) for g in genres[1:]])
-    # The vocabulary's own "<unk>" token at index 0 counts a genre literally named "<unk>" as unknown too.
+    known = F.array(*[F.lit(g) for g in genres[1:]]).cast("array<string>")  # "<unk>" itself is not known
+    unknown = (F.size(F.array_except(col, known)) > 0).cast("float")
     model = CountVectorizerModel.from_vocabulary(genres, inputCol=col, outputCol="_genre_vec", binary=True)
-    hot = vector_to_array("_genre_vec", dtype="float32")
-    unknown = F.greatest(F.element_at(hot, 1), (F.size(F.array_except(col, known)) > 0).cast("float"))
-    df = model.transform(df).withColumn(out_col, F.concat(F.array(unknown), F.slice(hot, 2, len(genres) - 1)))
-    return df.drop("_genre_vec")
+    hot = F.slice(vector_to_array("_genre_vec", dtype="float32"), 2, len(genres) - 1)  # without "<unk>"'s slot
+    return model.transform(df).withColumn(out_col, F.concat(F.array(unknown), hot)).drop("_genre_vec")
 
 
 def feature_frame(
