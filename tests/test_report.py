@@ -28,11 +28,19 @@ def report_dir(finished):
 
 def test_report_files_and_metrics(report_dir):
     metrics = json.loads((report_dir / "metrics.json").read_text())
+    model = json.loads((report_dir.parent / "model" / "model.json").read_text())
     assert {"recall", "relevance", "stages", "counts"} <= set(metrics)
     assert set(metrics["stages"]) >= {"embed", "knn", "evaluate"}
     assert metrics["counts"]["read"] == sum(metrics["counts"][k] for k in ("clean", "duplicates", "rejected"))
     html = (report_dir / "index.html").read_text()
     assert "src='data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    for name, value in [
+        ("model.model_id", model["model_id"]),
+        ("model.latent_dim", model["model"]["latent_dim"]),
+        ("train.world_size", 2),
+        ("train.precision", model["summary"]["precision"]),
+    ]:  # the parameter table
+        assert f"<td>{name}</td><td>{value}</td>" in html
 
 
 def test_page_in_headless_chromium(report_dir, tmp_path):

@@ -294,7 +294,10 @@ def build_report(spark: Any, cfg: Config) -> dict:
     params = {
         f"knn.{k}": v for k, v in manifest.items() if k in ("k", "shards", "M", "ef_construction", "ef", "buckets")
     }
-    params.update({f"model.{k}": v for k, v in model.items() if k in ("latent_dim", "hidden", "model_id")})
+    shapes, trained = model.get("model", {}), model.get("summary", {})
+    params.update({f"model.{k}": shapes[k] for k in ("latent_dim", "hidden") if k in shapes})
+    params.update({"model.model_id": model["model_id"]} if "model_id" in model else {})
+    params.update({f"train.{k}": trained[k] for k in ("world_size", "device", "precision", "epochs") if k in trained})
     vectors, genres = _sample_embeddings(spark, cfg)
     context = {
         "headlines": HEADLINES,
