@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 
 from songrec.config import DEFAULT_CONF, load_config, to_uri
 from songrec.feed import to_device
-from songrec.train_loop import in_lockstep, sparse_artist, train_step
+from songrec.train_loop import bf16_autocast, in_lockstep, sparse_artist, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def _memory_epoch(ctx: dict, data: dict, max_rows: int | None = None) -> tuple[i
     # DDP's join() with the sparse artist gradient over gloo corrupts memory, docs/design.md).
     for batch, scale in in_lockstep(ctx, batches):
         train_step(ctx, to_device(batch, ctx["device"]), scale=scale)
-    if ctx["amp"]:
+    if ctx["device"].type == "cuda":
         torch.cuda.synchronize()
     return rows, time.perf_counter() - t0
 
@@ -112,7 +112,7 @@ def _petastorm_epoch(ctx: dict, epoch: int) -> tuple[int, float]:
         for batch, scale in in_lockstep(ctx, loader):
             rows += len(batch["numeric"])
             train_step(ctx, to_device(batch, ctx["device"]), scale=scale)
-    if ctx["amp"]:
+    if ctx["device"].type == "cuda":
         torch.cuda.synchronize()
     return rows, time.perf_counter() - t0
 
@@ -128,15 +128,16 @@ def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
     _setup_rank_logging(rank)
     faulthandler.enable(all_threads=True)  # a rank killed by a fatal signal prints its Python stack
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    amp = spec["use_gpu"]
-    dist.init_process_group("nccl" if amp else "gloo", rank=rank, world_size=world)
-    device = torch.device("cuda", rank) if amp else torch.device("cpu")
-    if amp:
+    gpu = spec["use_gpu"]
+    dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world)
+    device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+    if gpu:
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(max(1, spec["cores"] // world))
     torch.manual_seed(0)
     ctx = _build(spec, device)
+    amp = bf16_autocast(spec["train"]["precision"], device)
     ctx.update(train=spec["train"], device=device, amp=amp, rank=rank, world=world,
                features_uri=spec["features_uri"], weights=LossWeights.from_train(spec["train"]))  # fmt: skip
     t0 = time.perf_counter()
@@ -193,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     ranks = [int(r) for r in args.ranks.split(",")]
     if use_gpu:
         ranks = [r for r in ranks if r <= torch.cuda.device_count()]
+    bf16 = bf16_autocast(cfg.train.precision, torch.device("cuda" if use_gpu else "cpu"))
     print(f"features: {cfg.path('features')}  rows: {meta['rows']}  row groups: {meta.get('row_groups')}")
     print(f"device: {torch.cuda.get_device_name(0) if use_gpu else f'CPU, {cores} cores'}; "
           f"batch {cfg.train.batch_size}, shuffle buffer {cfg.train.shuffle_buffer}, "
-          f"reader threads/rank {cfg.train.reader_workers}")  # fmt: skip
+          f"reader threads/rank {cfg.train.reader_workers}, "
+          f"{'bf16 autocast' if bf16 else 'fp32'} "
+          f"(train.precision={cfg.train.precision})")  # fmt: skip
     if not use_gpu:
         print("CUDA is not available on this machine: GPU throughput was NOT measured.")
     results = mp.Manager().dict()

@@ -21,6 +21,7 @@ from songrec.config import local_path
 from songrec.errors import InputError, SongrecError
 from songrec.model import Autoencoder, ModelSpec, encode_batch, load_encoder
 from songrec.train import run_training
+from songrec.train_loop import bf16_autocast
 
 FAST = ["train.batch_size=64", "train.shuffle_buffer=200"]
 
@@ -52,6 +53,7 @@ def test_loss_decreases_and_artefacts_are_safe(trained_uneven):
     cfg, summary, _ = trained_uneven
     history = summary["history"]
     assert summary["world_size"] == 2 and summary["device"] == "cpu"
+    assert summary["precision"] == ("bf16" if bf16_autocast("auto", torch.device("cpu")) else "fp32")
     assert len(history) == summary["epochs"] == 4
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
@@ -112,6 +114,17 @@ def test_resume_continues_to_the_same_result(spark, trained_uneven, tmp_path):
     for a, b in zip(resumed["history"], full["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_the_other_precision_trains_another_model(spark, trained_uneven, tmp_path):
+    """The precision auto did not pick on this CPU (bf16 runs anywhere, emulated without bf16 instructions):
+    it is used, it learns, and it is not a no-op (another model than the auto run's)."""
+    uneven, auto, _ = trained_uneven
+    other = "fp32" if auto["precision"] == "bf16" else "bf16"
+    summary = run_training(spark, _copy_run(uneven, tmp_path, f"train.precision={other}"))
+    assert summary["precision"] == other and summary["epochs"] == auto["epochs"]
+    assert summary["history"][-1]["val_loss"] < summary["history"][0]["val_loss"]
+    assert summary["model_id"] != auto["model_id"]
 
 
 def test_a_ranks_own_error_reaches_the_driver_as_it_is(spark, uneven, tmp_path):

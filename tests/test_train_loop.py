@@ -4,6 +4,7 @@ import pytest
 import torch
 from test_model import SPEC, _batch
 
+from songrec import train_loop
 from songrec.errors import InputError
 from songrec.model import INPUT_COLUMNS, Autoencoder, LossWeights, autoencoder_loss
 from songrec.train_loop import (
@@ -11,9 +12,12 @@ from songrec.train_loop import (
     Optimizers,
     _load_checkpoint,
     _save_checkpoint,
+    bf16_autocast,
     clip_gradients,
+    cpu_has_bf16,
     idle_batch,
     sparse_artist,
+    train_step,
 )
 
 WEIGHTS = LossWeights(numeric=1, genre=1, emotion=1, artist=0.5, lyrics=1, artist_negatives=16)
@@ -113,3 +117,46 @@ def test_idle_batch_feeds_the_model_and_contributes_zero_gradient():
     for name, grad in grads.items():
         dense = grad.to_dense() if grad.is_sparse else grad
         assert torch.count_nonzero(dense) == 0, name
+
+
+def test_cpu_has_bf16_reads_the_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert not cpu_has_bf16(str(info))  # AVX-512 alone only emulates bf16
+    for flag in ("avx512_bf16", "amx_bf16"):
+        info.write_text(f"processor\t: 0\nflags\t\t: fpu avx2 avx512f {flag} avx512vl\n")
+        assert cpu_has_bf16(str(info))
+    assert not cpu_has_bf16(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "native", "expected"),
+    [
+        ("auto", "cuda", False, True), ("auto", "cpu", True, True), ("auto", "cpu", False, False),
+        ("bf16", "cpu", False, True), ("fp32", "cpu", True, False), ("fp32", "cuda", True, False),
+    ],
+)  # fmt: skip
+def test_bf16_autocast_setting(monkeypatch, setting, device, native, expected):
+    monkeypatch.setattr(train_loop, "cpu_has_bf16", lambda: native)
+    assert bf16_autocast(setting, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_train_step_autocasts_products_on_cpu_and_keeps_weights_fp32(amp):
+    """With ``amp`` the layers' products run in bf16 on CPU; weights, gradients and the loss stay fp32."""
+    torch.manual_seed(0)
+    model = Autoencoder(SPEC, sparse_artist=True)
+    ctx = {
+        "model": model, "weights": WEIGHTS, "device": torch.device("cpu"), "amp": amp, "train": {"grad_clip": 1.0},
+        "optimizers": Optimizers(model, 0.01, 0.0, lambda step: 1.0),
+    }  # fmt: skip
+    seen = []
+    for layer in (model.encoder.out, model.decoder.lyrics):
+        layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = train_step(ctx, {k: torch.from_numpy(v) for k, v in _batch(64, 0).items()})
+    assert seen and set(seen) == {torch.bfloat16 if amp else torch.float32}
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32, name
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
