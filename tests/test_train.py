@@ -127,6 +127,60 @@ def test_the_other_precision_trains_another_model(spark, trained_uneven, tmp_pat
     assert summary["model_id"] != auto["model_id"]
 
 
+def test_a_rank_killed_by_a_signal_is_retried_from_the_checkpoint(spark, trained_uneven, tmp_path, monkeypatch, caplog):
+    """Rank 1 dies of a real SIGSEGV in epoch 3 of the first attempt (a sitecustomize the ranks import, not
+    songrec code); the stage retries from epoch 2's checkpoint and ends with the unbroken run's history."""
+    uneven, full, _ = trained_uneven
+    cfg = _copy_run(uneven, tmp_path / "run")
+    marker = tmp_path / "crash-once"
+    marker.touch()
+    done = local_path(cfg.path("_checkpoints", "train")) / "epoch-0002.pt"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
+        import os, pathlib, signal, threading, time
+
+        def _crash_once():
+            marker, done = pathlib.Path({str(marker)!r}), pathlib.Path({str(done)!r})
+            while marker.exists():
+                if done.exists():
+                    marker.unlink()
+                    os.kill(os.getpid(), signal.SIGSEGV)
+                time.sleep(0.02)
+
+        if os.environ.get("RANK") == "1":
+            threading.Thread(target=_crash_once, daemon=True).start()
+    """)
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    with caplog.at_level("WARNING", logger="songrec.train"):
+        summary = run_training(spark, cfg)
+    assert not marker.exists()  # the crash happened
+    retried = [r.getMessage() for r in caplog.records if "retrying from the newest checkpoint" in r.getMessage()]
+    assert len(retried) == 1 and "rank 1 died of a fatal signal" in retried[0], retried
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
+    for a, b in zip(summary["history"], full["history"], strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+    # Any other failure is not retried: a checkpoint of another seed is refused once, by both ranks.
+    other = make_cfg(tmp_path / "run", *FAST, "train.seed=99")
+    caplog.clear()
+    with pytest.raises(InputError, match="train.seed"):
+        run_training(spark, other, resume=True)
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_a_fresh_run_drops_an_earlier_runs_checkpoints(spark, uneven, tmp_path):
+    """Checkpoints of a longer earlier run would outlive a fresh run's own (pruned by name) and be resumed."""
+    cfg = _copy_run(uneven, tmp_path, "train.max_epochs=1")
+    folder = local_path(cfg.path("_checkpoints", "train"))
+    folder.mkdir(parents=True)
+    (folder / "epoch-0030.pt").write_bytes(b"an earlier run's")
+    run_training(spark, cfg)
+    assert sorted(p.name for p in folder.glob("epoch-*.pt")) == ["epoch-0001.pt"]
+
+
 def test_a_ranks_own_error_reaches_the_driver_as_it_is(spark, uneven, tmp_path):
     """A checkpoint made with another seed: both ranks refuse it, and run_training raises their InputError
     (TorchDistributor alone says only "TorchDistributor failed during training")."""

@@ -128,6 +128,7 @@ class TrainConf:
     schedule_epochs: int = 0  # cosine LR horizon in epochs; 0 = max_epochs
     reader_workers: int = 1  # Petastorm reader threads per rank; 1 keeps the data order deterministic
     sparse_artist: str = "auto"  # auto (sparse on CPU, dense on GPU) | true | false: the artist table's gradient
+    retries: int = 1  # after a rank killed by a fatal signal (SIGSEGV in native code): resume from the checkpoint
     precision: str = "auto"  # auto (bf16 autocast on GPU and on CPUs with bf16 instructions) | bf16 | fp32
     checkpoint_dir: str = ""  # "" = root/_checkpoints/train (must be a POSIX path every rank can reach)
 
@@ -332,6 +333,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.num_processes >= 1, "train.num_processes: must be >= 1"),
         (cfg.train.use_gpu in {"auto", "true", "false"}, "train.use_gpu: must be auto, true or false"),
         (cfg.train.sparse_artist in {"auto", "true", "false"}, "train.sparse_artist: must be auto, true or false"),
+        (cfg.train.retries >= 0, "train.retries: must be >= 0"),
         (cfg.train.precision in {"auto", "bf16", "fp32"}, "train.precision: must be auto, bf16 or fp32"),
         (cfg.train.batch_size >= 1, "train.batch_size: must be >= 1"),
         (cfg.train.max_epochs >= 1, "train.max_epochs: must be >= 1"),

@@ -7,7 +7,8 @@ ranks, ``meta/`` is there, GPUs exist if asked for), then starts
 replica (see :mod:`songrec.train_loop`). Rank 0 writes the artefacts into a staging folder, which
 is committed as ``model/`` in one step (:func:`songrec.io.commit`). A rank that raises records the
 exception under the checkpoint folder (:func:`songrec.train_worker.record_failure`), and
-:func:`rank_failure` turns those records into the error the driver raises.
+:func:`rank_failure` turns those records into the error the driver raises. A rank killed by a fatal
+signal (a crash in native code) gets ``train.retries`` more runs, each resuming from the newest checkpoint.
 
 The train function is shipped by cloudpickle *by reference* (``songrec.train_worker.train_rank``),
 so the package must be importable where the ranks run: on the driver in local mode (it is
@@ -126,14 +127,10 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
         num_processes=cfg.train.num_processes, local_mode=cfg.train.local_mode, use_gpu=use_gpu
     )
     failures = failures_dir(str(checkpoints))
-    shutil.rmtree(failures, ignore_errors=True)
+    if not resume:
+        _drop_stale_checkpoints(checkpoints)
     try:
-        try:
-            summary = distributor.run(train_rank, spec)
-        except Exception as exc:  # local mode: RuntimeError; a barrier job on executors: Py4J/PythonException
-            raise rank_failure(failures, exc) from exc
-        if summary is None:
-            raise rank_failure(failures)
+        summary = _run_with_retries(distributor, spec, failures, cfg.train.retries)
         files = summary.pop("files", None)
         if files is not None:  # artefacts came back as bytes from an executor's rank 0
             Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -154,6 +151,52 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
         " (stopped early)" if summary["stopped_early"] else "",
     )  # fmt: skip
     return summary
+
+
+def _drop_stale_checkpoints(folder: Path) -> None:
+    """A fresh (not ``--resume``) run starts from no checkpoint: those of an earlier run in the same folder
+    would be what a later ``--resume`` or retry loads (and, named after later epochs, they would outlive this
+    run's own, which are pruned by name)."""
+    stale = sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("fresh training run: removed %d checkpoint(s) of an earlier run from %s", len(stale), folder)
+
+
+def _died_of_a_signal(folder: Path) -> bool:
+    """Whether a rank was killed by a fatal signal (a non-empty ``rank{N}.fatal``) and no rank raised a songrec
+    error: a crash in native code (gloo, oneDNN), not a fault of the input or the config, which would repeat."""
+    if not any(p.stat().st_size for p in folder.glob(f"rank*{FATAL_SUFFIX}")):
+        return False
+    for path in folder.glob("rank*.json"):
+        try:
+            if json.loads(path.read_text()).get("songrec"):
+                return False
+        except (OSError, ValueError):
+            continue
+    return True
+
+
+def _run_with_retries(distributor: Any, spec: dict[str, Any], failures: Path, retries: int) -> dict[str, Any]:
+    """``distributor.run`` the ranks; after a rank killed by a fatal signal, up to ``retries`` more times,
+    each resuming from the newest checkpoint (a resumed run repeats the uninterrupted one's data order and
+    random streams, so the model is the one an unbroken run gives). Any other failure is raised at once."""
+    for attempt in range(retries + 1):
+        shutil.rmtree(failures, ignore_errors=True)
+        cause: BaseException | None = None
+        try:
+            summary = distributor.run(train_rank, spec)
+        except Exception as exc:  # noqa: BLE001 - local mode: RuntimeError; on executors: Py4J/PythonException
+            summary, cause = None, exc
+        if summary is not None:
+            return summary
+        error = rank_failure(failures, cause)
+        if attempt == retries or not _died_of_a_signal(failures):
+            raise error from cause
+        log.warning("%s; retrying from the newest checkpoint (train.retries=%d, retry %d)", error, retries, attempt + 1)
+        spec = dict(spec, resume=True)
+    raise AssertionError("unreachable")
 
 
 def rank_failure(folder: Path, cause: BaseException | None = None) -> SongrecError:
