@@ -12,6 +12,7 @@ from songrec.train_loop import (
     Optimizers,
     _load_checkpoint,
     _save_checkpoint,
+    agree_on_bf16,
     bf16_autocast,
     clip_gradients,
     cpu_has_bf16,
@@ -160,3 +161,29 @@ def test_train_step_autocasts_products_on_cpu_and_keeps_weights_fp32(amp):
     for name, p in model.named_parameters():
         assert p.dtype == torch.float32, name
     assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def _agree(rank: int, port: int, choices: list[bool], out: dict) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=len(choices))
+    out[rank] = agree_on_bf16(choices[rank], torch.device("cpu"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("choices", [[True, False], [False, True], [True, True], [False, False]])
+def test_ranks_agree_on_bf16_only_if_every_rank_chose_it(choices):
+    """Two real gloo ranks, as on two machines where one CPU has bf16 instructions and the other has not."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_agree, args=(port, choices, out), nprocs=len(choices), join=True)
+    assert dict(out) == dict.fromkeys(range(len(choices)), all(choices))

@@ -333,14 +333,22 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def bf16_autocast(setting: str, device: torch.device) -> bool:
-    """``train.precision`` (auto | bf16 | fp32) as a decision, taken on the rank's own machine.
+    """``train.precision`` (auto | bf16 | fp32) as a decision for this machine.
 
-    auto = bf16 autocast on GPU, and on a CPU with bf16 instructions: there a training step took
-    0.70-0.80x the fp32 step's time (docs/design.md). Weights, optimiser state and the loss terms stay fp32.
+    auto = bf16 autocast on GPU, and on a CPU with bf16 instructions: there the full-size train stage
+    took 0.86x the fp32 stage's time (one thread alone, 0.64-0.80x a step; docs/design.md). Weights,
+    optimiser state and the loss terms stay fp32. Ranks agree with :func:`agree_on_bf16`.
     """
     if setting == "auto":
         return device.type == "cuda" or cpu_has_bf16()
     return setting == "bf16"
+
+
+def agree_on_bf16(mine: bool, device: torch.device) -> bool:
+    """bf16 only if every rank chose it (one all-reduce): ranks on machines of different CPUs train alike."""
+    flag = torch.tensor([1 if mine else 0], dtype=torch.long, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _build(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -373,7 +381,7 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
     _seed_epoch(train["seed"], -1, 0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     ctx = _build(spec, device)
-    amp = bf16_autocast(train.get("precision", "auto"), device)
+    amp = agree_on_bf16(bf16_autocast(train.get("precision", "auto"), device), device)
     if rank == 0:
         log.info("training on %s in %s (train.precision=%s)", device.type, "bf16 autocast" if amp else "fp32",
                  train.get("precision", "auto"))  # fmt: skip
