@@ -244,6 +244,9 @@ def test_torchrun_standalone_without_pyspark(uneven, tmp_path):
     (blocker / "__init__.py").write_text("raise ImportError('pyspark is not installed on this box')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(ROOT / "lib")])}
     out = tmp_path / "gpu-box" / "model"
+    stale = out.parent / "_checkpoints" / "train" / "epoch-0030.pt"  # an earlier, longer run's
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's")
     cmd = [
         str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
         "songrec.train_worker", "--features", uneven.path("features"), "--meta", uneven.path("meta"),
@@ -255,7 +258,7 @@ def test_torchrun_standalone_without_pyspark(uneven, tmp_path):
     assert "epoch 2/2" in done.stderr
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    assert (out.parent / "_checkpoints" / "train" / "epoch-0002.pt").is_file()
+    assert sorted(p.name for p in stale.parent.glob("epoch-*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
     assert load_encoder(str(out)).info["summary"]["world_size"] == 2
 
 

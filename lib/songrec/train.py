@@ -29,7 +29,7 @@ from songrec import io
 from songrec.config import Config, local_path
 from songrec.errors import InputError, SongrecError, first_line
 from songrec.feed import check_shardable
-from songrec.train_worker import FATAL_SUFFIX, failures_dir, make_spec, train_rank
+from songrec.train_worker import FATAL_SUFFIX, drop_stale_checkpoints, failures_dir, make_spec, train_rank
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
     )
     failures = failures_dir(str(checkpoints))
     if not resume:
-        _drop_stale_checkpoints(checkpoints)
+        drop_stale_checkpoints(checkpoints)
     try:
         summary = _run_with_retries(distributor, spec, failures, cfg.train.retries)
         files = summary.pop("files", None)
@@ -151,17 +151,6 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
         " (stopped early)" if summary["stopped_early"] else "",
     )  # fmt: skip
     return summary
-
-
-def _drop_stale_checkpoints(folder: Path) -> None:
-    """A fresh (not ``--resume``) run starts from no checkpoint: those of an earlier run in the same folder
-    would be what a later ``--resume`` or retry loads (and, named after later epochs, they would outlive this
-    run's own, which are pruned by name)."""
-    stale = sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        log.info("fresh training run: removed %d checkpoint(s) of an earlier run from %s", len(stale), folder)
 
 
 def _died_of_a_signal(folder: Path) -> bool:
