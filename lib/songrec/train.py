@@ -29,7 +29,7 @@ from songrec import io
 from songrec.config import Config, local_path
 from songrec.errors import InputError, SongrecError, first_line
 from songrec.feed import check_shardable
-from songrec.train_worker import FATAL_SUFFIX, drop_stale_checkpoints, failures_dir, make_spec, train_rank
+from songrec.train_worker import FATAL_SUFFIX, failures_dir, make_spec, train_rank
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
     )
     failures = failures_dir(str(checkpoints))
     if not resume:
+        from songrec.train_loop import drop_stale_checkpoints
+
         drop_stale_checkpoints(checkpoints)
     try:
         summary = _run_with_retries(distributor, spec, failures, cfg.train.retries)
@@ -153,25 +155,14 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
     return summary
 
 
-def _died_of_a_signal(folder: Path) -> bool:
-    """Whether a rank was killed by a fatal signal (a non-empty ``rank{N}.fatal``) and no rank raised a songrec
-    error: a crash in native code (gloo, oneDNN), not a fault of the input or the config, which would repeat."""
-    if not any(p.stat().st_size for p in folder.glob(f"rank*{FATAL_SUFFIX}")):
-        return False
-    for path in folder.glob("rank*.json"):
-        try:
-            if json.loads(path.read_text()).get("songrec"):
-                return False
-        except (OSError, ValueError):
-            continue
-    return True
-
-
 def _run_with_retries(distributor: Any, spec: dict[str, Any], failures: Path, retries: int) -> dict[str, Any]:
-    """``distributor.run`` the ranks; after a rank killed by a fatal signal, up to ``retries`` more times,
-    each resuming from the newest checkpoint (a resumed run repeats the uninterrupted one's data order and
-    random streams, so the model is the one an unbroken run gives). Any other failure is raised at once."""
-    for attempt in range(retries + 1):
+    """``distributor.run`` the ranks; after a rank killed by a fatal signal (the root cause :func:`rank_failure`
+    puts first: a crash in native code, not a fault of the input or the config, which would repeat), up to
+    ``retries`` more times, each resuming from the newest checkpoint (a resumed run repeats the uninterrupted
+    one's data order and random streams, so the model is the one an unbroken run gives). Any other failure is
+    raised at once."""
+    attempt = 0
+    while True:
         shutil.rmtree(failures, ignore_errors=True)
         cause: BaseException | None = None
         try:
@@ -180,12 +171,13 @@ def _run_with_retries(distributor: Any, spec: dict[str, Any], failures: Path, re
             summary, cause = None, exc
         if summary is not None:
             return summary
-        error = rank_failure(failures, cause)
-        if attempt == retries or not _died_of_a_signal(failures):
+        records = _failure_records(failures)
+        error = _failure_error(records, failures, cause)
+        if attempt == retries or not (records and records[0]["fatal"]):
             raise error from cause
-        log.warning("%s; retrying from the newest checkpoint (train.retries=%d, retry %d)", error, retries, attempt + 1)
+        attempt += 1
+        log.warning("%s; retrying from the newest checkpoint (train.retries=%d, retry %d)", error, retries, attempt)
         spec = dict(spec, resume=True)
-    raise AssertionError("unreachable")
 
 
 def rank_failure(folder: Path, cause: BaseException | None = None) -> SongrecError:
@@ -199,6 +191,12 @@ def rank_failure(folder: Path, cause: BaseException | None = None) -> SongrecErr
     memory) leaves no record; the message says so, with the first line of ``cause`` (what
     TorchDistributor raised) when given.
     """
+    return _failure_error(_failure_records(folder), folder, cause)
+
+
+def _failure_records(folder: Path) -> list[dict[str, Any]]:
+    """What the ranks recorded under ``folder``, root cause first: songrec errors, then fatal signals, then
+    other exceptions, each group oldest first."""
     records = []
     for path in sorted(folder.glob("rank*.json")):
         try:
@@ -216,13 +214,18 @@ def rank_failure(folder: Path, cause: BaseException | None = None) -> SongrecErr
             records.append({"rank": rank, "type": "fatal signal", "message": first_line(dump.strip()),
                             "songrec": False, "time": when, "path": path, "fatal": True,
                             "frame": _innermost_frame(dump)})  # fmt: skip
+    records.sort(key=lambda r: (not r["songrec"], not r["fatal"], r["time"]))
+    return records
+
+
+def _failure_error(records: list[dict[str, Any]], folder: Path, cause: BaseException | None) -> SongrecError:
+    """:func:`rank_failure`'s error from :func:`_failure_records`' list."""
     if not records:
         said = f" (TorchDistributor: {type(cause).__name__}: {first_line(str(cause))})" if cause is not None else ""
         return SongrecError(
             f"training failed and no rank recorded an exception in {folder}: a rank was probably killed (out of "
             f"memory, or a signal), or that folder is not one the driver sees; see the torchrun output above{said}"
         )
-    records.sort(key=lambda r: (not r["songrec"], not r["fatal"], r["time"]))
     first = records[0]
     if first["songrec"]:
         kind = InputError if first["input"] else SongrecError

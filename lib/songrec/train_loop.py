@@ -177,6 +177,17 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.pt"))
 
 
+def drop_stale_checkpoints(folder: Path) -> None:
+    """A fresh (not ``--resume``) run starts from no checkpoint: those of an earlier run in the same folder
+    would be what a later ``--resume`` or retry loads (and, named after later epochs, they would outlive this
+    run's own, which are pruned by name)."""
+    stale = _checkpoints(folder) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("fresh training run: removed %d checkpoint(s) of an earlier run from %s", len(stale), folder)
+
+
 def _save_checkpoint(folder: Path, epoch: int, state: dict[str, Any]) -> Path:
     """Write ``epoch-NNNN.pt`` atomically (temp file + ``os.replace``) and keep the newest few."""
     folder.mkdir(parents=True, exist_ok=True)

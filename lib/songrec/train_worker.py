@@ -101,17 +101,6 @@ FAILURES = "failures"  # under the checkpoint folder: one JSON file per rank tha
 FATAL_SUFFIX = ".fatal"  # beside them: the stack dump of a rank killed by a fatal signal
 
 
-def drop_stale_checkpoints(folder: Path) -> None:
-    """A fresh (not ``--resume``) run starts from no checkpoint: those of an earlier run in the same folder
-    would be what a later ``--resume`` or retry loads (and, named after later epochs, they would outlive this
-    run's own, which are pruned by name)."""
-    stale = sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        log.info("fresh training run: removed %d checkpoint(s) of an earlier run from %s", len(stale), folder)
-
-
 def failures_dir(checkpoint_dir: str) -> Path:
     """Where ranks record the exception that ended them (a folder every rank and the driver can reach)."""
     return Path(checkpoint_dir) / FAILURES
@@ -271,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume, use_gpu=use_gpu, threads=threads,
     )  # fmt: skip
     if rank == 0 and not args.resume:
+        from songrec.train_loop import drop_stale_checkpoints
+
         drop_stale_checkpoints(Path(checkpoints))
     summary = train_rank(spec)
     if rank == 0:
