@@ -6,7 +6,9 @@ Generates the stand-in CSV under data/bench/ once (reused when present with the 
 times ``songrec.preprocess.preprocess`` in-process on ``local[*]``, then the single-process pandas
 baseline (parse the same columns, drop duplicates), and prints rows/s, the ratio, and peak resident
 memory (this process + children, which includes the Spark JVM). ``--scales`` repeats the Spark timing
-on files of 2x, 4x ... the rows to show how time grows with size.
+at other sizes to show how time grows with size: a multiple (2, 4 ...) is a file of that many times the
+rows generated the same way (distinct songs, so every step of the job grows, as with a larger catalogue),
+also kept under data/bench/; a fraction (0.25) is the first lines of the file.
 """
 
 import argparse
@@ -94,27 +96,27 @@ def spark_run(spark, path: Path, work: Path) -> tuple[float, dict]:
     return time.perf_counter() - start, result
 
 
-def scaled_file(path: Path, factor: float) -> Path:
-    """The file at ``factor`` x its rows (one header): a multiple repeats the body, a fraction keeps its first lines."""
+def scaled_file(spark, path: Path, rows: int, seed: int, factor: float) -> Path:
+    """The input at ``factor`` x ``rows``: a whole multiple is generated (:func:`ensure_file`, distinct
+    songs); a fraction keeps the first lines of ``path`` (one header)."""
     if factor == 1:
         return path
+    if factor > 1:
+        if factor != int(factor):
+            raise SystemExit(f"--scales: {factor:g}: a multiple above 1 must be a whole number")
+        return ensure_file(spark, int(rows * factor), seed)
     out = path.with_name(f"x{factor:g}.csv")
     if out.exists():
         return out
     with path.open("rb") as src, out.open("wb") as dst:
         dst.write(src.readline())
-        if factor < 1:
-            lines = sum(1 for _ in src)
-            src.seek(0)
-            src.readline()
-            for i, line in enumerate(src):
-                if i >= int(lines * factor):
-                    break
-                dst.write(line)
-        else:
-            body = src.read()
-            for _ in range(int(factor)):
-                dst.write(body)
+        lines = sum(1 for _ in src)
+        src.seek(0)
+        src.readline()
+        for i, line in enumerate(src):
+            if i >= int(lines * factor):
+                break
+            dst.write(line)
     return out
 
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for factor in scales:
-        scaled = scaled_file(path, factor)
+        scaled = scaled_file(spark, path, args.rows, args.seed, factor)
         seconds, result = spark_run(spark, scaled, path.parent / f"run-x{factor}")
         results.append((factor, seconds, result))
         print(f"spark x{factor:g}: {seconds:.1f} s, {result['read'] / seconds:,.0f} rows/s, steps {result['timings']}")
