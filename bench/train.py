@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 
 from songrec.config import DEFAULT_CONF, load_config, to_uri
 from songrec.feed import to_device
-from songrec.train_loop import agree_on_bf16, bf16_autocast, in_lockstep, sparse_artist, train_step
+from songrec.train_loop import bf16_autocast, in_lockstep, sparse_artist, train_step, use_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
         torch.set_num_threads(max(1, spec["cores"] // world))
     torch.manual_seed(0)
     ctx = _build(spec, device)
-    amp = agree_on_bf16(bf16_autocast(spec["train"]["precision"], device), device)
+    amp = use_bf16(spec["train"], device)
     ctx.update(train=spec["train"], device=device, amp=amp, rank=rank, world=world,
                features_uri=spec["features_uri"], weights=LossWeights.from_train(spec["train"]))  # fmt: skip
     t0 = time.perf_counter()

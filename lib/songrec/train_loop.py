@@ -362,6 +362,11 @@ def agree_on_bf16(mine: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def use_bf16(train: dict[str, Any], device: torch.device) -> bool:
+    """This run's ``train.precision``, decided on each rank's machine and agreed by all ranks (collective)."""
+    return agree_on_bf16(bf16_autocast(train.get("precision", "auto"), device), device)
+
+
 def _build(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Model (artist table sparse as ``train.sparse_artist`` decides), DDP wrapper and optimisers."""
     train = spec["train"]
@@ -392,7 +397,7 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
     _seed_epoch(train["seed"], -1, 0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     ctx = _build(spec, device)
-    amp = agree_on_bf16(bf16_autocast(train.get("precision", "auto"), device), device)
+    amp = use_bf16(train, device)
     if rank == 0:
         log.info("training on %s in %s (train.precision=%s)", device.type, "bf16 autocast" if amp else "fp32",
                  train.get("precision", "auto"))  # fmt: skip
