@@ -1,6 +1,9 @@
 """spark-submit.sh: usage, argument checking, quoting, and a real submit from another directory."""
 
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +103,30 @@ def test_pack_excludes_only_our_own_editable_install(tmp_path):
     (site / "distutils-precedence.pth").write_text("import os; os.environ.get('X')\n")
     (site / "inside.pth").write_text("vendored\n")
     assert editable_locations(tmp_path / "venv") == [str(ROOT / "lib")]
+
+
+# AVX-512 in a disassembly: its 512-bit registers, opmask registers, or EVEX-only instructions.
+AVX512 = re.compile(r"%zmm\d|\{%k[1-7]\}|\bvpternlog[dq]\b|\bvmovdqu(?:8|16|32|64)\b")
+
+
+def avx512_instructions(library: Path) -> list[str]:
+    """The lines of ``objdump -d library`` that use AVX-512."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(library)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [line.strip() for line in out.stdout.splitlines() if AVX512.search(line)]
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None, reason="x86-64 with objdump")
+def test_hnswlib_is_built_for_a_portable_cpu_target():
+    """The venv (and the --pack archive made from it) must run on any AVX2 CPU, not only the build host's.
+
+    hnswlib compiles with -march=native unless told otherwise; the Makefile builds it for x86-64-v3.
+    """
+    import hnswlib
+
+    found = avx512_instructions(Path(hnswlib.__file__))
+    assert not found, (
+        f"{hnswlib.__file__} uses AVX-512 ({len(found)} instructions, e.g. {found[:2]}): it was built with "
+        "-march=native (pip's wheel cache, or HNSWLIB_MARCH=native) and dies of SIGILL on CPUs without AVX-512; "
+        "rebuild it with `rm .venv/.installed && make install`"
+    )
