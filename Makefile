@@ -26,7 +26,7 @@ check-system:
 # one. So it is built here, never from the cache, for a portable target: x86-64-v3 (AVX2 + FMA) where
 # the build host has them, baseline x86-64 where not, the compiler's default off x86.
 # `make install HNSWLIB_MARCH=native` trades that for ~7% faster index builds and queries on this CPU.
-HNSWLIB_MARCH ?= $(shell [ "$$(uname -m)" = x86_64 ] && { grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo \
+HNSWLIB_MARCH ?= $(shell [ "$$(uname -m)" = x86_64 ] && { grep -qsw avx2 /proc/cpuinfo && grep -qsw fma /proc/cpuinfo \
   && echo x86-64-v3 || echo x86-64; })
 HNSWLIB_FLAGS := $(if $(HNSWLIB_MARCH),-march=$(HNSWLIB_MARCH))
 
