@@ -30,13 +30,14 @@ check-system:
 HNSWLIB_MARCH ?= $(shell [ "$$(uname -m)" = x86_64 ] && { grep -qsw avx2 /proc/cpuinfo && grep -qsw fma /proc/cpuinfo \
   && echo x86-64-v3 || echo x86-64; })
 HNSWLIB_FLAGS := $(if $(HNSWLIB_MARCH),-march=$(HNSWLIB_MARCH))
+HNSWLIB_PIN = $(shell grep '^hnswlib==' requirements.txt)
 
 $(STAMP): requirements.txt setup.py | check-system
 	@test -x $(PY) || { command -v python3.11 >/dev/null 2>&1 && python3.11 -m venv $(VENV) || python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	@echo "building $$(grep '^hnswlib==' requirements.txt) for $(or $(HNSWLIB_MARCH),the compiler's default target) ..."
+	@echo "building $(HNSWLIB_PIN) for $(or $(HNSWLIB_MARCH),the compiler's default target) ..."
 	HNSWLIB_NO_NATIVE=1 CFLAGS="$(HNSWLIB_FLAGS)" CXXFLAGS="$(HNSWLIB_FLAGS)" $(PY) -m pip install -q --no-cache-dir \
-	  --force-reinstall --no-deps --no-binary hnswlib "$$(grep '^hnswlib==' requirements.txt)"
+	  --force-reinstall --no-deps --no-binary hnswlib "$(HNSWLIB_PIN)"
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
