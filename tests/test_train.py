@@ -3,11 +3,13 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +130,15 @@ def test_the_other_precision_trains_another_model(spark, trained_uneven, tmp_pat
 
 
 def test_a_rank_killed_by_a_signal_is_retried_from_the_checkpoint(spark, trained_uneven, tmp_path, monkeypatch, caplog):
-    """Rank 1 dies of a real SIGSEGV in epoch 3 of the first attempt (a sitecustomize the ranks import, not
-    songrec code); the stage retries from epoch 2's checkpoint and ends with the unbroken run's history."""
+    """Rank 1 dies of a real SIGSEGV in epoch 3 (sent once, by a sitecustomize the ranks import, not songrec
+    code); the stage retries from epoch 2's checkpoint, ends with the unbroken run's history, and keeps the
+    crash's stack dump where the retry warning says it is.
+
+    ``train.retries=2``: one retry is the planted crash's, the other spare for the rare real crash in native
+    code (docs/design.md; one cost this test its only retry in CI on 2026-12-03). A real crash is told apart by
+    its stack (no ``_crash_once`` frame) and reported as a pytest warning, not hidden."""
     uneven, full, _ = trained_uneven
-    cfg = _copy_run(uneven, tmp_path / "run")
+    cfg = _copy_run(uneven, tmp_path / "run", "train.retries=2")
     marker = tmp_path / "crash-once"
     marker.touch()
     done = local_path(cfg.path("_checkpoints", "train")) / "epoch-0002.pt"
@@ -146,7 +153,7 @@ def test_a_rank_killed_by_a_signal_is_retried_from_the_checkpoint(spark, trained
             while marker.exists():
                 if done.exists():
                     marker.unlink()
-                    os.kill(os.getpid(), signal.SIGSEGV)
+                    signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)  # this thread: its frame is named
                 time.sleep(0.02)
 
         if os.environ.get("RANK") == "1":
@@ -158,7 +165,12 @@ def test_a_rank_killed_by_a_signal_is_retried_from_the_checkpoint(spark, trained
         summary = run_training(spark, cfg)
     assert not marker.exists()  # the crash happened
     retried = [r.getMessage() for r in caplog.records if "retrying from the newest checkpoint" in r.getMessage()]
-    assert len(retried) == 1 and "rank 1 died of a fatal signal" in retried[0], retried
+    planted = [m for m in retried if "_crash_once" in m]
+    assert len(planted) == 1 and "rank 1 died of a fatal signal" in planted[0], retried
+    for other in set(retried) - set(planted):
+        warnings.warn(f"a real crash in a rank, retried: {other}", stacklevel=1)
+    dump = Path(re.search(r"the stack of every thread is in (\S+\.fatal)", planted[0]).group(1))
+    assert dump.parent.name.startswith("failures-attempt") and "_crash_once" in dump.read_text()
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
     for a, b in zip(summary["history"], full["history"], strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)

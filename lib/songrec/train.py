@@ -8,7 +8,8 @@ replica (see :mod:`songrec.train_loop`). Rank 0 writes the artefacts into a stag
 is committed as ``model/`` in one step (:func:`songrec.io.commit`). A rank that raises records the
 exception under the checkpoint folder (:func:`songrec.train_worker.record_failure`), and
 :func:`rank_failure` turns those records into the error the driver raises. A rank killed by a fatal
-signal (a crash in native code) gets ``train.retries`` more runs, each resuming from the newest checkpoint.
+signal (a crash in native code) gets ``train.retries`` more runs, each resuming from the newest checkpoint;
+the crashed attempt's records stay in ``failures-attemptN`` beside ``failures``.
 
 The train function is shipped by cloudpickle *by reference* (``songrec.train_worker.train_rank``),
 so the package must be importable where the ranks run: on the driver in local mode (it is
@@ -71,6 +72,9 @@ def _read_meta(spark: Any, cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]
             raise InputError(f"{uri} does not exist (run the preprocess job first)")
         found.append(io.read_json(uri, spark))
     return found[0], found[1]
+
+
+ATTEMPT_SUFFIX = "-attempt"  # failures-attemptN: the records of attempt N, kept when it crashed and was retried
 
 
 def checkpoint_dir(cfg: Config) -> Path:
@@ -161,6 +165,8 @@ def _run_with_retries(distributor: Any, spec: dict[str, Any], failures: Path, re
     ``retries`` more times, each resuming from the newest checkpoint (a resumed run repeats the uninterrupted
     one's data order and random streams, so the model is the one an unbroken run gives). Any other failure is
     raised at once."""
+    for old in failures.parent.glob(f"{failures.name}{ATTEMPT_SUFFIX}*"):  # an earlier run's crashes
+        shutil.rmtree(old, ignore_errors=True)
     attempt = 0
     while True:
         shutil.rmtree(failures, ignore_errors=True)
@@ -172,12 +178,22 @@ def _run_with_retries(distributor: Any, spec: dict[str, Any], failures: Path, re
         if summary is not None:
             return summary
         records = _failure_records(failures)
-        error = _failure_error(records, failures, cause)
         if attempt == retries or not (records and records[0]["fatal"]):
-            raise error from cause
+            raise _failure_error(records, failures, cause) from cause
         attempt += 1
+        kept = _keep_attempt(failures, attempt)
+        error = _failure_error(_failure_records(kept), kept, cause)
         log.warning("%s; retrying from the newest checkpoint (train.retries=%d, retry %d)", error, retries, attempt)
         spec = dict(spec, resume=True)
+
+
+def _keep_attempt(failures: Path, attempt: int) -> Path:
+    """Move a crashed attempt's records to ``failures-attemptN`` beside ``failures`` (the next attempt starts
+    with an empty ``failures``), so the stack dump the retry warning names is still there after the retry."""
+    kept = failures.with_name(f"{failures.name}{ATTEMPT_SUFFIX}{attempt}")
+    shutil.rmtree(kept, ignore_errors=True)
+    failures.rename(kept)
+    return kept
 
 
 def rank_failure(folder: Path, cause: BaseException | None = None) -> SongrecError:
