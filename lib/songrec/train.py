@@ -182,7 +182,8 @@ def _run_with_retries(distributor: Any, spec: dict[str, Any], failures: Path, re
             raise _failure_error(records, failures, cause) from cause
         attempt += 1
         kept = _keep_attempt(failures, attempt)
-        error = _failure_error(_failure_records(kept), kept, cause)
+        records = [{**r, "path": kept / r["path"].name} for r in records]  # the files the warning names, moved
+        error = _failure_error(records, kept, cause)
         log.warning("%s; retrying from the newest checkpoint (train.retries=%d, retry %d)", error, retries, attempt)
         spec = dict(spec, resume=True)
 
