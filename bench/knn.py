@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                 lists, secs, peak = timed(lambda nn=nn: pynndescent_graph(vectors, k, nn))
                 results.append((f"3. PyNNDescent kNN graph (n_neighbors={nn})", secs, recall(lists[sample]), peak))
         if "lsh" in skip or n > args.lsh_max_n:
-            print(f"  Spark LSH skipped (N={n} > --lsh-max-n={args.lsh_max_n} or --skip lsh)", flush=True)
+            too_big = f"N={n} > --lsh-max-n={args.lsh_max_n}: its candidate pairs grow as N²"
+            why = "--skip lsh" if "lsh" in skip else too_big
+            print(f"  Spark LSH skipped ({why})", flush=True)
         else:
             # Euclidean distance on unit vectors: d = sqrt(2 - 2 cos); threshold = median K-th neighbour distance
             threshold = float(np.median(np.sqrt(np.maximum(2 - 2 * ref_scores[:, -1], 0))))

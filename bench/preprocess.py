@@ -1,14 +1,14 @@
 """Spark preprocess against the seed projects' way (pandas read_csv + pandas string ops), same file, same run.
 
-    python bench/preprocess.py [--rows 551443] [--scales 1,2,4] [--skip-pandas]
+    python bench/preprocess.py [--rows 551443] [--scales 1,2,4] [--skip-pandas] [--workdir data/bench]
 
-Generates the stand-in CSV under data/bench/ once (reused when present with the same rows and seed),
+Generates the stand-in CSV under --workdir (default data/bench/) once (reused when present with the same rows and seed),
 times ``songrec.preprocess.preprocess`` in-process on ``local[*]``, then the single-process pandas
 baseline (parse the same columns, drop duplicates), and prints rows/s, the ratio, and peak resident
 memory (this process + children, which includes the Spark JVM). ``--scales`` repeats the Spark timing
 at other sizes to show how time grows with size: a multiple (2, 4 ...) is a file of that many times the
 rows generated the same way (distinct songs, so every step of the job grows, as with a larger catalogue),
-also kept under data/bench/; a fraction (0.25) is the first lines of the file.
+also kept under --workdir; a fraction (0.25) is the first lines of the file.
 """
 
 import argparse
@@ -41,11 +41,11 @@ def jvm_rss_mb(spark) -> float:
     return float("nan")
 
 
-def ensure_file(spark, rows: int, seed: int) -> Path:
-    """data/bench/rows-N-seed-S/spotify_dataset.csv, generated once."""
+def ensure_file(spark, workdir: Path, rows: int, seed: int) -> Path:
+    """WORKDIR/rows-N-seed-S/spotify_dataset.csv, generated once."""
     from songrec.generate import generate
 
-    base = ROOT / "data" / "bench" / f"rows-{rows}-seed-{seed}"
+    base = workdir / f"rows-{rows}-seed-{seed}"
     cfg = load_config(None, [f"input={base / 'spotify_dataset.csv'}", f"root={base / 'gen'}",
                              f"generate.rows={rows}", f"generate.seed={seed}"])  # fmt: skip
     path = Path(cfg.input)
@@ -96,7 +96,7 @@ def spark_run(spark, path: Path, work: Path) -> tuple[float, dict]:
     return time.perf_counter() - start, result
 
 
-def scaled_file(spark, path: Path, rows: int, seed: int, factor: float) -> Path:
+def scaled_file(spark, workdir: Path, path: Path, rows: int, seed: int, factor: float) -> Path:
     """The input at ``factor`` x ``rows``: a whole multiple is generated (:func:`ensure_file`, distinct
     songs); a fraction keeps the first lines of ``path`` (one header)."""
     if factor == 1:
@@ -104,7 +104,7 @@ def scaled_file(spark, path: Path, rows: int, seed: int, factor: float) -> Path:
     if factor > 1:
         if factor != int(factor):
             raise SystemExit(f"--scales: {factor:g}: a multiple above 1 must be a whole number")
-        return ensure_file(spark, int(rows * factor), seed)
+        return ensure_file(spark, workdir, int(rows * factor), seed)
     out = path.with_name(f"x{factor:g}.csv")
     if out.exists():
         return out
@@ -128,8 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         "--scales", default="1", help="comma-separated multiples of --rows for the Spark timing (0.25 = first quarter)"
     )
     parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument(
+        "--workdir", type=Path, default=ROOT / "data" / "bench",
+        help="where the generated inputs and the job's outputs are kept (default: data/bench)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    scales = [float(s) for s in args.scales.split(",") if s.strip()]
+    try:
+        scales = [float(s) for s in args.scales.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--scales {args.scales!r}: expected comma-separated numbers such as 0.25,1,2")
+    if not scales or min(scales) <= 0:
+        parser.error(f"--scales {args.scales!r}: expected one or more positive factors")
 
     from pyspark.sql import SparkSession
 
@@ -140,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         .getOrCreate()
     )  # fmt: skip
     spark.sparkContext.setLogLevel("WARN")
-    path = ensure_file(spark, args.rows, args.seed)
+    path = ensure_file(spark, args.workdir.resolve(), args.rows, args.seed)
     size_mb = path.stat().st_size / 1e6
     print(f"input: {path} ({size_mb:.0f} MB, {args.rows} rows), {os.cpu_count()} cores, Spark {spark.version}")
 
     results = []
     for factor in scales:
-        scaled = scaled_file(spark, path, args.rows, args.seed, factor)
+        scaled = scaled_file(spark, args.workdir.resolve(), path, args.rows, args.seed, factor)
         seconds, result = spark_run(spark, scaled, path.parent / f"run-x{factor}")
         results.append((factor, seconds, result))
         print(f"spark x{factor:g}: {seconds:.1f} s, {result['read'] / seconds:,.0f} rows/s, steps {result['timings']}")
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_pandas:
         base_seconds, read, clean = pandas_baseline(path)
 
-    spark_1x = next((s for f, s, _ in results if f == 1), results[0][1])
+    spark_1x = next((s for f, s, _ in results if f == 1), None)  # the ratio the target is about
     print()
     print(f"{'run':<28}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'vs pandas':>11}")
     if base_seconds is not None:
@@ -171,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         first_f, first_s = results[0][0], results[0][1]
         growth = ", ".join(f"x{f / first_f:g} rows: {s / first_s:.2f}" for f, s, _ in results)
         print(f"time relative to the smallest run (linear = the row factor): {growth}")
-    print("spark x1 / pandas time: " + (f"{spark_1x / base_seconds:.2f}" if base_seconds else "n/a")
-          + f" for {args.rows:,} rows")  # fmt: skip
+    if spark_1x is not None:
+        print("spark x1 / pandas time: " + (f"{spark_1x / base_seconds:.2f}" if base_seconds else "n/a")
+              + f" for {args.rows:,} rows")  # fmt: skip
     print(f"peak RSS: python {peak_rss_mb():,.0f} MB (self + children), Spark JVM {jvm_mb:,.0f} MB")
     return 0
 

@@ -123,7 +123,7 @@ def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
     from songrec.feed import read_split
     from songrec.model import LossWeights
     from songrec.train_loop import _build
-    from songrec.train_worker import _setup_rank_logging
+    from songrec.train_worker import _setup_rank_logging, exit_now
 
     _setup_rank_logging(rank)
     faulthandler.enable(all_threads=True)  # a rank killed by a fatal signal prints its Python stack
@@ -165,8 +165,12 @@ def _rank(rank: int, world: int, port: int, spec: dict, results: dict) -> None:
             figures[f"artist-{name}"] = _timed(lambda c=run_ctx: _memory_epoch(c, data, max_rows=rows_cap))
     if rank == 0:
         figures["load_s"] = load_s
-        results[world] = figures
+        results[world] = figures  # a Manager proxy: stored in the parent when this call returns
     dist.destroy_process_group()
+    # Leave without the interpreter's teardown, in which a gloo worker thread still releasing the last
+    # collective's tensors can abort the rank (SIGABRT, "terminate called without an active exception"),
+    # and mp.spawn would then fail the whole bench: see songrec.train_worker.exit_now.
+    exit_now(0)
 
 
 def main(argv: list[str] | None = None) -> int:
