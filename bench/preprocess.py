@@ -2,13 +2,13 @@
 
     python bench/preprocess.py [--rows 551443] [--scales 1,2,4] [--skip-pandas] [--workdir data/bench]
 
-Generates the stand-in CSV under --workdir (default data/bench/) once (reused when present with the same rows and seed),
-times ``songrec.preprocess.preprocess`` in-process on ``local[*]``, then the single-process pandas
-baseline (parse the same columns, drop duplicates), and prints rows/s, the ratio, and peak resident
-memory (this process + children, which includes the Spark JVM). ``--scales`` repeats the Spark timing
-at other sizes to show how time grows with size: a multiple (2, 4 ...) is a file of that many times the
-rows generated the same way (distinct songs, so every step of the job grows, as with a larger catalogue),
-also kept under --workdir; a fraction (0.25) is the first lines of the file.
+Generates the stand-in CSV under --workdir (default data/bench/) once (reused when present with the same
+rows and seed), times ``songrec.preprocess.preprocess`` in-process on ``local[*]``, then the
+single-process pandas baseline (parse the same columns, drop duplicates), and prints rows/s, the ratio,
+and peak resident memory (this process + children, which includes the Spark JVM). ``--scales`` repeats
+the Spark timing at other sizes to show how time grows with size: a multiple (2, 4 ...) is a file of
+that many times the rows generated the same way (distinct songs, so every step of the job grows, as with
+a larger catalogue), also kept under --workdir; a fraction (0.25) is the first lines of the file.
 """
 
 import argparse
