@@ -12,9 +12,10 @@ import torch
 from conftest import make_cfg
 
 from songrec import io
-from songrec.embed import embed
+from songrec.embed import ARROW_BATCH_CONF, embed
 from songrec.errors import InputError
 from songrec.model import Encoder, ModelSpec, encode_batch, load_encoder, spec_dict
+from songrec.spark import session_conf
 
 SPEC = ModelSpec(
     numeric_dim=7, genre_dim=5, lyrics_dim=6, artist_vocab=40, genre_vocab=5, emotion_vocab=7,
@@ -63,7 +64,7 @@ def plain_python_vectors(cfg, features: pd.DataFrame) -> np.ndarray:
 
 
 def test_spark_vectors_equal_plain_python(spark, tmp_path):
-    cfg = make_cfg(tmp_path, "embed.batch_size=100")  # several batches per Arrow batch and per task
+    cfg = make_cfg(tmp_path, "embed.batch_size=100")  # several batches per task
     model_id = write_model(cfg)
     features = write_features(cfg, 700)
     summary = embed(spark, cfg)
@@ -89,6 +90,32 @@ def test_repartitioned_and_rerun_gives_same_vectors(spark, tmp_path):
     second = spark.read.parquet(cfg.path("embeddings")).toPandas().sort_values("song_id")
     assert first["song_id"].tolist() == second["song_id"].tolist()
     np.testing.assert_array_equal(np.stack(first["vector"]), np.stack(second["vector"]))
+
+
+def test_batch_size_is_the_arrow_batch_and_the_session_is_left_as_it_was(spark, tmp_path):
+    """mapInPandas cuts partitions into Arrow batches of spark.sql.execution.arrow.maxRecordsPerBatch rows
+    (10,000 unless set), so embed sets it to embed.batch_size for its stage and restores it afterwards."""
+    df = spark.range(0, 2_500, numPartitions=1)
+
+    def lengths(batches):
+        for pdf in batches:
+            yield pd.DataFrame({"n": [len(pdf)]})
+
+    with session_conf(spark, ARROW_BATCH_CONF, "1000"):
+        seen = sorted(r["n"] for r in df.mapInPandas(lengths, "n long").collect())
+    assert seen == [500, 1000, 1000]
+    assert spark.conf.get(ARROW_BATCH_CONF, None) in (None, "10000")  # back to the session's own value
+
+    cfg = make_cfg(tmp_path, "embed.batch_size=64")
+    write_model(cfg)
+    write_features(cfg, 200)
+    spark.conf.set(ARROW_BATCH_CONF, "777")
+    try:
+        embed(spark, cfg)
+        assert spark.conf.get(ARROW_BATCH_CONF) == "777"
+    finally:
+        spark.conf.unset(ARROW_BATCH_CONF)
+    assert spark.read.parquet(cfg.path("embeddings")).count() == 200
 
 
 def test_missing_inputs_are_clear_errors(spark, tmp_path):

@@ -3,8 +3,9 @@
 The driver reads ``model/model.json`` and ``model/encoder.pt`` once and broadcasts their bytes
 (a few MB); each Python worker rebuilds the encoder from them once (cached per model id, so reused
 Python workers do not rebuild it per task) and encodes its partition in batches of
-``embed.batch_size`` rows with ``torch.set_num_threads(spark.task.cpus)``, so that concurrent
-tasks do not oversubscribe the executor's cores. Vectors are L2-normalised by
+``embed.batch_size`` rows (Spark's Arrow batch size is set to it for the stage) with
+``torch.set_num_threads(spark.task.cpus)``, so that concurrent tasks do not oversubscribe the
+executor's cores. Vectors are L2-normalised by
 :func:`songrec.model.encode_batch`, exactly as a plain Python process would compute them.
 """
 
@@ -23,10 +24,12 @@ from pyspark.sql import SparkSession
 from songrec import io, schema
 from songrec.config import Config
 from songrec.errors import InputError
+from songrec.spark import session_conf
 
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.json", "encoder.pt")
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _ENCODERS: dict[str, Any] = {}  # model id -> encoder, per Python worker process
 
 
@@ -117,7 +120,10 @@ def embed(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     staging = io.staging_uri(cfg.path(), "embeddings")
     try:
-        features.mapInPandas(encode, schema=schema.EMBEDDINGS).write.parquet(staging)
+        # mapInPandas hands the function Arrow batches of at most this many rows (default 10,000): match it to
+        # embed.batch_size, so that a batch is what the config says and a larger batch_size takes effect.
+        with session_conf(spark, ARROW_BATCH_CONF, str(batch_size)):
+            features.mapInPandas(encode, schema=schema.EMBEDDINGS).write.parquet(staging)
         rows = spark.read.parquet(staging).count()
         if rows == 0:
             raise InputError(f"{features_uri} is empty: no songs to encode")

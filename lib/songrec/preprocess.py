@@ -3,7 +3,9 @@
 read (header-checked files) -> parse (typed columns, a reject reason per bad row) -> rejects/ ->
 dedupe by song_id -> vocabularies + statistics -> songs/ and features/ -> meta/ -> commit. Every
 table is written to a staging location first and committed only when all of them are complete,
-so a failed run leaves the previous outputs as they were.
+so a failed run leaves the previous outputs as they were. The commit itself is four atomic link
+swaps, one table after another (milliseconds on a local disk): a reader sees each table whole, but a
+process killed between two of them would leave the tables of two runs side by side.
 """
 
 import codecs
@@ -20,6 +22,7 @@ from pyspark.sql import types as T
 from songrec import features, io, parse, schema
 from songrec.config import Config, ConfigError
 from songrec.errors import InputError
+from songrec.spark import session_conf
 from songrec.timing import Laps
 
 log = logging.getLogger(__name__)
@@ -221,93 +224,88 @@ def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     root = cfg.path()
     staged: dict[str, str] = {}
-    previous_pruning = spark.conf.get(CSV_PRUNING_CONF, None)
-    spark.conf.set(CSV_PRUNING_CONF, "false")
     cached: list[DataFrame] = []
-    try:
-        parsed = parse_and_cache(spark, files, cfg, cached)
-        totals = parsed.agg(F.count("*").alias("n"), F.count_if(F.col("reason").isNotNull()).alias("bad")).first()
-        read, rejected = int(totals["n"]), int(totals["bad"])
-        lap("read_parse")
+    with session_conf(spark, CSV_PRUNING_CONF, "false"):
+        try:
+            parsed = parse_and_cache(spark, files, cfg, cached)
+            totals = parsed.agg(F.count("*").alias("n"), F.count_if(F.col("reason").isNotNull()).alias("bad")).first()
+            read, rejected = int(totals["n"]), int(totals["bad"])
+            lap("read_parse")
 
-        staged["rejects"] = io.staging_uri(root, "rejects")
-        rejects = parsed.where(F.col("reason").isNotNull()).select(*[f.name for f in schema.REJECTS.fields])
-        _write(rejects.repartition(1).sortWithinPartitions("source_file", "raw"), staged["rejects"])
-        lap("rejects")
+            staged["rejects"] = io.staging_uri(root, "rejects")
+            rejects = parsed.where(F.col("reason").isNotNull()).select(*[f.name for f in schema.REJECTS.fields])
+            _write(rejects.repartition(1).sortWithinPartitions("source_file", "raw"), staged["rejects"])
+            lap("rejects")
 
-        n_files = cfg.preprocess.features_files
-        # One hash partitioning by song_id serves the dedupe window and both table writes (no more shuffles).
-        clean = parsed.where(F.col("reason").isNull()).repartition(n_files, "song_id")
-        best = Window.partitionBy("song_id").orderBy(F.desc("_filled"), "_row_hash", "source_file")
-        songs = clean.withColumn("_pick", F.row_number().over(best)).where(F.col("_pick") == 1)
-        songs = songs.persist(StorageLevel.MEMORY_AND_DISK)
-        cached.append(songs)
-        n_clean = songs.count()
-        parsed.unpersist()
-        counts = {"read": read, "clean": n_clean, "duplicates": read - rejected - n_clean, "rejected": rejected}
-        lap("dedupe")
-        if n_clean == 0:
-            raise InputError(f"input {cfg.input_uri}: no usable rows ({rejected} of {read} rejected; see rejects)")
-        if math.ceil(n_clean / cfg.preprocess.row_group_rows) + n_files < _need_row_groups(cfg):
-            raise _row_group_error(math.ceil(n_clean / cfg.preprocess.row_group_rows) + n_files, n_clean, cfg)
+            n_files = cfg.preprocess.features_files
+            # One hash partitioning by song_id serves the dedupe window and both table writes (no more shuffles).
+            clean = parsed.where(F.col("reason").isNull()).repartition(n_files, "song_id")
+            best = Window.partitionBy("song_id").orderBy(F.desc("_filled"), "_row_hash", "source_file")
+            songs = clean.withColumn("_pick", F.row_number().over(best)).where(F.col("_pick") == 1)
+            songs = songs.persist(StorageLevel.MEMORY_AND_DISK)
+            cached.append(songs)
+            n_clean = songs.count()
+            parsed.unpersist()
+            counts = {"read": read, "clean": n_clean, "duplicates": read - rejected - n_clean, "rejected": rejected}
+            lap("dedupe")
+            if n_clean == 0:
+                raise InputError(f"input {cfg.input_uri}: no usable rows ({rejected} of {read} rejected; see rejects)")
+            if math.ceil(n_clean / cfg.preprocess.row_group_rows) + n_files < _need_row_groups(cfg):
+                raise _row_group_error(math.ceil(n_clean / cfg.preprocess.row_group_rows) + n_files, n_clean, cfg)
 
-        vocab = features.vocabularies(songs, cfg)
-        stats = features.numeric_stats(songs)
-        stats["lyrics_idf"] = features.lyrics_idf(songs, "lyrics")
-        lap("vocab_stats")
+            vocab = features.vocabularies(songs, cfg)
+            stats = features.numeric_stats(songs)
+            stats["lyrics_idf"] = features.lyrics_idf(songs, "lyrics")
+            lap("vocab_stats")
 
-        staged["songs"] = io.staging_uri(root, "songs")
-        _write(_songs_table(songs).sortWithinPartitions("song_id"), staged["songs"])
-        lap("songs")
+            staged["songs"] = io.staging_uri(root, "songs")
+            _write(_songs_table(songs).sortWithinPartitions("song_id"), staged["songs"])
+            lap("songs")
 
-        staged["features"] = io.staging_uri(root, "features")
-        feats = features.feature_frame(spark, songs, vocab, stats, cfg).sortWithinPartitions("song_id")
-        rg = cfg.preprocess.row_group_rows
-        # parquet-mr 1.15 cuts row groups by bytes only: with a 1-byte target every size check cuts one,
-        # and checking exactly every `rg` rows makes each row group `rg` rows (the last of a file fewer).
-        _write(feats, staged["features"], **{
-            "parquet.block.size": 1, "parquet.page.size.row.check.min": rg, "parquet.page.size.row.check.max": rg,
-        })  # fmt: skip
-        row_groups, n_parts = _row_groups(spark, staged["features"])
-        if row_groups < _need_row_groups(cfg):
-            raise _row_group_error(row_groups, n_clean, cfg)
-        splits = {
-            r["split"]: int(r["count"])
-            for r in spark.read.parquet(staged["features"]).groupBy("split").count().collect()
-        }
-        lap("features")
+            staged["features"] = io.staging_uri(root, "features")
+            feats = features.feature_frame(spark, songs, vocab, stats, cfg).sortWithinPartitions("song_id")
+            rg = cfg.preprocess.row_group_rows
+            # parquet-mr 1.15 cuts row groups by bytes only: with a 1-byte target every size check cuts one,
+            # and checking exactly every `rg` rows makes each row group `rg` rows (the last of a file fewer).
+            _write(feats, staged["features"], **{
+                "parquet.block.size": 1, "parquet.page.size.row.check.min": rg, "parquet.page.size.row.check.max": rg,
+            })  # fmt: skip
+            row_groups, n_parts = _row_groups(spark, staged["features"])
+            if row_groups < _need_row_groups(cfg):
+                raise _row_group_error(row_groups, n_clean, cfg)
+            splits = {
+                r["split"]: int(r["count"])
+                for r in spark.read.parquet(staged["features"]).groupBy("split").count().collect()
+            }
+            lap("features")
 
-        staged["meta"] = io.staging_uri(root, "meta")
-        meta = {
-            "counts.json": counts,
-            "vocab.json": vocab,
-            "stats.json": stats,
-            "features.json": {
-                "schema_version": schema.SCHEMA_VERSION,
-                "numeric": list(schema.NUMERIC_FEATURES),
-                "genre_dim": len(vocab["genre"]),
-                "lyrics_dim": cfg.preprocess.lyrics_dim,
-                "vocab_sizes": {k: len(v) for k, v in vocab.items()},
-                "rows": {"train": splits.get("train", 0), "val": splits.get("val", 0)},
-                "row_groups": row_groups,
-                "files": n_parts,
-            },
-        }
-        for name, obj in meta.items():
-            io.write_json(f"{staged['meta']}/{name}", obj, spark)
+            staged["meta"] = io.staging_uri(root, "meta")
+            meta = {
+                "counts.json": counts,
+                "vocab.json": vocab,
+                "stats.json": stats,
+                "features.json": {
+                    "schema_version": schema.SCHEMA_VERSION,
+                    "numeric": list(schema.NUMERIC_FEATURES),
+                    "genre_dim": len(vocab["genre"]),
+                    "lyrics_dim": cfg.preprocess.lyrics_dim,
+                    "vocab_sizes": {k: len(v) for k, v in vocab.items()},
+                    "rows": {"train": splits.get("train", 0), "val": splits.get("val", 0)},
+                    "row_groups": row_groups,
+                    "files": n_parts,
+                },
+            }
+            for name, obj in meta.items():
+                io.write_json(f"{staged['meta']}/{name}", obj, spark)
 
-        for name in ("rejects", "songs", "features", "meta"):
-            io.commit(staged.pop(name), cfg.path(name), spark)
-        lap("write_meta_commit")
-    finally:
-        for df in cached:
-            df.unpersist()
-        for uri in staged.values():
-            io.discard(uri, spark)
-        if previous_pruning is None:
-            spark.conf.unset(CSV_PRUNING_CONF)
-        else:
-            spark.conf.set(CSV_PRUNING_CONF, previous_pruning)
+            for name in ("rejects", "songs", "features", "meta"):
+                io.commit(staged.pop(name), cfg.path(name), spark)
+            lap("write_meta_commit")
+        finally:
+            for df in cached:
+                df.unpersist()
+            for uri in staged.values():
+                io.discard(uri, spark)
 
     timings["total"] = lap.total()
     log.info(
