@@ -2,7 +2,7 @@
 
     ./spark-submit.sh train [--resume] [--set key=value ...]
 
---resume continues from the newest checkpoint in root/_checkpoints/train.
+--resume continues from the newest checkpoint in train.checkpoint_dir (default root/_checkpoints/train).
 """
 
 import argparse

@@ -70,3 +70,17 @@ def test_discard_removes_staging(tmp_path):
     io.discard(staging.as_uri())
     assert not staging.exists()
     assert os.listdir(tmp_path / "_staging") == []
+
+
+def test_upload_copies_a_folder_locally_and_through_hadoop(spark, tmp_path):
+    """io.upload: a plain copy under a local root; Hadoop's copyFromLocalFile otherwise (the path the train and
+    report stages take to an HDFS or S3 root), run here against Hadoop's own local filesystem."""
+    src = tmp_path / "artefacts"
+    (src / "sub").mkdir(parents=True)
+    (src / "index.html").write_text("<p>é</p>", encoding="utf-8")
+    (src / "sub" / "loss.png").write_bytes(bytes(range(256)))
+    io.upload(src, str(tmp_path / "local-copy"))
+    io._upload_hadoop(spark, src, (tmp_path / "hadoop-copy").as_uri())
+    for copy in ("local-copy", "hadoop-copy"):
+        assert (tmp_path / copy / "index.html").read_text(encoding="utf-8") == "<p>é</p>"
+        assert (tmp_path / copy / "sub" / "loss.png").read_bytes() == bytes(range(256))

@@ -273,6 +273,13 @@ def test_torchrun_standalone_without_pyspark(uneven, tmp_path):
     assert sorted(p.name for p in stale.parent.glob("epoch-*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
     assert load_encoder(str(out)).info["summary"]["world_size"] == 2
 
+    # train.checkpoint_dir (a shared mount on a cluster) is where checkpoints go when --checkpoints is not given.
+    shared = tmp_path / "shared" / "checkpoints"
+    cmd = [*cmd, "--set", "train.max_epochs=1", "--set", f"train.checkpoint_dir={shared}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in shared.glob("epoch-*.pt")) == ["epoch-0001.pt"]
+
 
 def test_missing_features_is_a_clear_error(spark, cfg):
     with pytest.raises(InputError, match=r"features table .*/features does not exist"):

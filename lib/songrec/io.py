@@ -115,6 +115,20 @@ def _commit_hadoop(spark: Any, staging: str, final: str) -> None:
         fs.delete(old, True)
 
 
+def upload(folder: str | Path, uri: str, spark: Any = None) -> None:
+    """Copy a local folder (artefacts made on the driver) to ``uri``, a staging location on any filesystem."""
+    if is_local(uri):
+        shutil.copytree(folder, local_path(uri))
+    else:
+        _upload_hadoop(spark, Path(folder), uri)
+
+
+def _upload_hadoop(spark: Any, folder: Path, uri: str) -> None:
+    """Hadoop's ``copyFromLocalFile``: the folder becomes ``uri`` (HDFS, S3 or any filesystem Hadoop knows)."""
+    fs, dst = hadoop_fs(spark, uri)
+    fs.copyFromLocalFile(False, True, spark._jvm.org.apache.hadoop.fs.Path(folder.resolve().as_uri()), dst)
+
+
 def discard(staging: str, spark: Any = None) -> None:
     """Remove a staging location after a failure (best effort)."""
     try:

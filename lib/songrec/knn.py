@@ -12,8 +12,10 @@ Two passes, so that no task holds all N vectors plus all shards:
    directory (the Python workers run on the driver's machine); on a cluster the indexes come back as
    rows, cached, and the driver streams them to such files (``toLocalIterator``: one at a time).
 2. **Query.** Executors open the index files (directly in local mode, through
-   ``SparkContext.addFile`` on a cluster). The songs are split into query partitions of at most
-   ``knn.max_query_rows``; each partition (``mapInPandas``) puts its songs in locality order
+   ``SparkContext.addFile`` on a cluster). The songs are hash-partitioned by song_id into
+   ``ceil(N / knn.max_query_rows)`` query partitions, rounded up to a multiple of the default
+   parallelism (or ``knn.query_partitions`` when set), so each holds about N / partitions songs;
+   each partition (``mapInPandas``) puts its songs in locality order
    (:func:`locality_order`), loads the S indexes one at a time, asks each for k+1 candidates,
    drops the song itself by id, and merges the candidates into the global top-K right there:
    every candidate of a song is in the task that holds the song, so the merge needs no shuffle.

@@ -11,7 +11,9 @@ import base64
 import html
 import io as stdio
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -311,19 +313,25 @@ def build_report(spark: Any, cfg: Config) -> dict:
         "map_png": embedding_map(vectors, genres),
         "examples": _examples(spark, cfg),
     }
-    page = render(cfg, metrics, context)
+    page = render(cfg, metrics, context).encode("utf-8")
     staging = io.staging_uri(cfg.path(), "report")
-    out = local_path(staging) if io.is_local(staging) else None
-    if out is None:
-        raise InputError("the report stage writes to a local run root only (render it on the driver's disk)")
-    out.mkdir(parents=True)
-    (out / "index.html").write_text(page, encoding="utf-8")
-    for name, png in (("loss.png", context["loss_png"]), ("relevance.png", context["relevance_png"]),
-                      ("embedding_map.png", context["map_png"])):  # fmt: skip
-        if png:
-            (out / name).write_bytes(base64.b64decode(png))
-    io.write_json(str(out / "metrics.json"), metrics)
-    io.commit(staging, cfg.path("report"), spark)
-    size = (local_path(cfg.path("report")) / "index.html").stat().st_size
-    log.info("report: %s (%d KB)", cfg.path("report", "index.html"), size // 1024)
-    return {"path": cfg.path("report", "index.html"), "bytes": size}
+    # Written on the driver's disk: in the staging folder itself under a local root, else in a temporary
+    # folder that is then copied to the remote staging location (HDFS, S3) and committed from there.
+    with tempfile.TemporaryDirectory(prefix="songrec-report-") as tmp:
+        out = local_path(staging) if io.is_local(staging) else Path(tmp) / "report"
+        try:
+            out.mkdir(parents=True)
+            (out / "index.html").write_bytes(page)
+            for name, png in (("loss.png", context["loss_png"]), ("relevance.png", context["relevance_png"]),
+                              ("embedding_map.png", context["map_png"])):  # fmt: skip
+                if png:
+                    (out / name).write_bytes(base64.b64decode(png))
+            io.write_json(str(out / "metrics.json"), metrics)
+            if not io.is_local(staging):
+                io.upload(out, staging, spark)
+            io.commit(staging, cfg.path("report"), spark)
+        except BaseException:
+            io.discard(staging, spark)
+            raise
+    log.info("report: %s (%d KB)", cfg.path("report", "index.html"), len(page) // 1024)
+    return {"path": cfg.path("report", "index.html"), "bytes": len(page)}

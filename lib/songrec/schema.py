@@ -1,6 +1,6 @@
 """Every table's columns and types, in one place.
 
-The README's schema tables are checked against these StructTypes by ``tests/test_schema.py``;
+The README's schema tables are checked against these StructTypes by ``tests/test_readme.py``;
 change them here first.
 """
 

@@ -94,7 +94,7 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
     Args:
         spark: the active session (TorchDistributor finds it too).
         cfg: the run's config (``train`` section).
-        resume: continue from the newest checkpoint in ``root/_checkpoints/train``.
+        resume: continue from the newest checkpoint (``train.checkpoint_dir``, default ``root/_checkpoints/train``).
         trace_dir: tests only: every rank writes the song_ids it trained on, per epoch, to this folder.
 
     Returns:
@@ -143,7 +143,7 @@ def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: st
             for name, data in files.items():
                 (Path(out_dir) / name).write_bytes(data)
         if not local_out:
-            _upload(spark, out_dir, staging)
+            io.upload(out_dir, staging, spark)
         io.commit(staging, cfg.path("model"), spark)
     except BaseException:
         io.discard(staging, spark)
@@ -268,14 +268,3 @@ def _innermost_frame(dump: str) -> str | None:
         if line.startswith("Current thread"):
             return next((x.strip() for x in lines[i + 1 :] if x.strip().startswith("File ")), None)
     return None
-
-
-def _upload(spark: Any, folder: str, staging: str) -> None:
-    """Copy a local folder of artefacts to the (remote or local) staging URI."""
-    if io.is_local(staging):
-        shutil.copytree(folder, local_path(staging))
-        return
-    jvm = spark._jvm
-    dst = jvm.org.apache.hadoop.fs.Path(staging)
-    fs = dst.getFileSystem(spark._jsc.hadoopConfiguration())
-    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(Path(folder).as_uri()), dst)

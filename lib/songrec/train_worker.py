@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", required=True, help="features/ table (path or URI)")
     parser.add_argument("--meta", required=True, help="meta/ folder with features.json and stats.json")
     parser.add_argument("--out", required=True, help="model/ directory to write (local path), committed atomically")
-    parser.add_argument("--checkpoints", default="", help="checkpoint folder (default: OUT/../_checkpoints/train)")
+    parser.add_argument(
+        "--checkpoints", default="",
+        help="checkpoint folder (default: train.checkpoint_dir, else OUT/../_checkpoints/train)",
+    )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("--conf-file", default=str(DEFAULT_CONF), help="YAML config whose train: section is used")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("train failed: %s", exc)
         return 1
     final = local_path(to_uri(args.out))
-    checkpoints = args.checkpoints or str(final.parent / "_checkpoints" / "train")
+    configured = str(local_path(cfg.train.checkpoint_dir)) if cfg.train.checkpoint_dir else ""
+    checkpoints = args.checkpoints or configured or str(final.parent / "_checkpoints" / "train")
     # Every rank must agree on the staging folder: derive it from torchrun's run id, not a random name.
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "solo")
     staging = final.parent / "_staging" / f"{final.name}-{run_id}"
