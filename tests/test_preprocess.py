@@ -75,6 +75,9 @@ def dirty_rows() -> list[tuple[str, list[str] | str]]:
         ("bad_number", bad(208, Energy="NaN")),
         ("duplicate", [good_row(0)[c] for c in schema.RAW_COLUMNS]),
         ("duplicate", bad(1, song="  SONG   1 ", Album="Deluxe")),
+        # Less complete copies of songs 5 and 6: the row with more filled cells is kept, whatever the row hash says.
+        ("duplicate", bad(5, Album="", Tempo="")),
+        ("duplicate", bad(6, Album="", Tempo="")),
         ("clean", bad(209, Album="", Tempo="")),
     ]
 
@@ -197,6 +200,7 @@ def test_songs_values(spark, small):
     assert (s4.length_s, s4.release_year, s4.key_pitch, s4.key_mode) == (6 * 60 + 28, 1999, 10, "major")
     assert (s4.loudness_db, s4.tempo, s4.time_signature, s4.explicit) == (-4.25, 84, 4, False)
     assert [songs[f"Song {i}"].emotion for i in range(6)] == ["joy", "sadness", "love", "anger", "unknown", "fear"]
+    assert [(songs[f"Song {i}"].album, songs[f"Song {i}"].tempo) for i in (5, 6)] == [("Album 2", 85), ("Album 0", 86)]
     nulls = songs["Song 209"]
     assert nulls.album is None and nulls.tempo is None
     ids = {r.title: r.song_id for r in songs.values()}
@@ -244,7 +248,13 @@ def test_features_vectors(spark, small):
         for i in range(pq.ParquetFile(f).metadata.num_row_groups)
     ]
     assert len(files) == meta["files"] and len(groups) == meta["row_groups"] >= 4 * cfg.train.num_processes
-    assert max(groups) == cfg.preprocess.row_group_rows
+    rg = cfg.preprocess.row_group_rows
+    for f in files:  # exactly row_group_rows rows in every group but a file's last, which holds the rest
+        sizes = [
+            pq.ParquetFile(f).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(f).metadata.num_row_groups)
+        ]
+        assert sizes[:-1] == [rg] * (len(sizes) - 1) and 0 < sizes[-1] <= rg, (f.name, sizes)
+    assert max(groups) == rg
 
 
 def test_deterministic_and_job_main(spark, small, small_again):

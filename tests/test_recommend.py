@@ -83,9 +83,38 @@ def test_not_found_suggests_close_titles(run_dir, songs, capsys):
 
 
 def test_like_profile(run_dir, capsys):
-    code = main(["recommend", "--like", "energy=80,danceability=70,tempo=120,emotion=joy", "--run", run_dir, "-k", "4"])
-    assert code == 0
-    assert len([line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]) == 4
+    """The profile is standardised with the run's own statistics, encoded by the saved encoder, and the catalogue
+    searched exactly: the lists equal a brute-force search over embeddings/ for a profile built here by hand."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from songrec.model import encode_batch, load_encoder
+    from songrec.schema import NUMERIC_FEATURES
+
+    spec = "energy=80,danceability=70,tempo=120,emotion=joy"
+    assert main(["recommend", "--like", spec, "--run", run_dir, "-k", "4", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+
+    run = Path(run_dir)
+    stats = json.loads((run / "meta" / "stats.json").read_text())["numeric"]
+    vocab = json.loads((run / "meta" / "vocab.json").read_text())
+    feats = json.loads((run / "meta" / "features.json").read_text())
+    numeric = np.zeros((1, len(NUMERIC_FEATURES)), np.float32)  # standardised: 0 = the catalogue mean
+    for name, value in {"energy": 80, "danceability": 70, "tempo": 120}.items():
+        numeric[0, NUMERIC_FEATURES.index(name)] = (value - stats[name]["mean"]) / stats[name]["std"]
+    batch = {
+        "numeric": numeric, "genres": np.zeros((1, feats["genre_dim"]), np.float32),
+        "lyrics": np.zeros((1, feats["lyrics_dim"]), np.float32), "artist_idx": np.zeros(1, np.int64),
+        "genre_idx": np.zeros(1, np.int64), "emotion_idx": np.array([vocab["emotion"].index("joy")], np.int64),
+    }  # fmt: skip
+    query = encode_batch(load_encoder(str(run / "model")), batch)[0]
+    table = pq.read_table(run / "embeddings", columns=["song_id", "vector"])
+    ids = table.column("song_id").to_numpy()
+    scores = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32) @ query
+    top = np.lexsort((ids, -scores))[:4]
+    assert [r["song_id"] for r in rows] == ids[top].tolist()
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["score"] for r in rows], scores[top], rtol=1e-5)
 
 
 @pytest.mark.parametrize(

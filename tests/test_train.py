@@ -193,6 +193,36 @@ def test_a_fresh_run_drops_an_earlier_runs_checkpoints(spark, uneven, tmp_path):
     assert sorted(p.name for p in folder.glob("epoch-*.pt")) == ["epoch-0001.pt"]
 
 
+def test_early_stopping_writes_the_best_epochs_weights(spark, uneven, tmp_path):
+    """min_delta so large that no epoch after the first improves: training stops after 1 + patience epochs, and
+    the model written is epoch 1's (the checkpoints' best_model), not the last epoch's own weights."""
+    patience = 2
+    cfg = _copy_run(uneven, tmp_path, "train.min_delta=1e9", f"train.patience={patience}", "train.max_epochs=8")
+    summary = run_training(spark, cfg)
+    assert summary["stopped_early"] is True
+    assert summary["epochs"] == len(summary["history"]) == 1 + patience
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert summary["best_epoch"] == 1 and summary["best_val_loss"] == summary["history"][0]["val_loss"]
+    model_dir = local_path(cfg.path("model"))
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["summary"]["stopped_early"] is True and info["summary"]["best_epoch"] == 1
+    folder = local_path(cfg.path("_checkpoints", "train"))
+    assert sorted(p.name for p in folder.glob("epoch-*.pt")) == ["epoch-0002.pt", "epoch-0003.pt"]
+    last = torch.load(folder / "epoch-0003.pt", weights_only=True)
+    assert last["epoch"] == 1 + patience and last["early"]["stopped"] and last["early"]["best_epoch"] == 1
+
+    def encoder_of(state):
+        return {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+
+    written = torch.load(model_dir / "encoder.pt", weights_only=True)
+    best, final = encoder_of(last["best_model"]), encoder_of(last["model"])
+    assert written.keys() == best.keys() == final.keys() and written
+    assert all(torch.equal(written[k], best[k]) for k in written)
+    assert not all(torch.equal(written[k], final[k]) for k in written)  # the last epoch's weights were not written
+    full = torch.load(model_dir / "model.pt", weights_only=True)
+    assert full.keys() == last["best_model"].keys() and all(torch.equal(full[k], last["best_model"][k]) for k in full)
+
+
 def test_a_ranks_own_error_reaches_the_driver_as_it_is(spark, uneven, tmp_path):
     """A checkpoint made with another seed: both ranks refuse it, and run_training raises their InputError
     (TorchDistributor alone says only "TorchDistributor failed during training")."""
