@@ -43,6 +43,8 @@ def test_overrides_are_typed():
         ("preprocess.multiline=perhaps", "preprocess.multiline"),
         ("generate.dirt.junk_emotion=0.9", "generate.dirt.junk_emotion"),
         ("knn.k.x=1", "knn.k"),
+        ("spark.conf=foo", "spark.conf"),
+        ("train.hidden=[256,128", "train.hidden"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, named):
@@ -63,14 +65,28 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(unknown)
 
 
+def test_one_spark_setting_by_its_own_dotted_key():
+    cfg = load_config(None, ["spark.conf.spark.executor.memoryOverhead=1g", 'spark.conf={"a.b": "c"}'])
+    assert cfg.spark.conf == {"a.b": "c"}  # a whole mapping replaces what was there
+    cfg = load_config(None, ["spark.conf.a.b=c", "spark.conf.spark.executor.memoryOverhead=1g"])
+    assert cfg.spark.conf == {"a.b": "c", "spark.executor.memoryOverhead": "1g"}
+    with pytest.raises(ConfigError, match=r"spark\.conf.*'conf' is a value"):  # one entry into a JSON string
+        load_config(None, ['spark.conf={"a.b": "c"}', "spark.conf.spark.executor.memoryOverhead=1g"])
+
+
 def test_round_trip_through_dict():
     cfg = load_config(None, ["knn.k=5", 'spark.conf={"a.b": "c"}'])
     assert from_dict(cfg.to_dict()) == cfg
 
 
 def test_to_uri_keeps_schemes(tmp_path):
+    from songrec.config import local_path
+
     assert to_uri("hdfs:///data/x.csv") == "hdfs:///data/x.csv"
     assert to_uri(str(tmp_path / "a")) == f"file://{tmp_path}/a"
+    # Hadoop's one-slash form, as Spark prints a local path, is that local path (not ./file:/...).
+    assert to_uri(f"file:{tmp_path}/a") == f"file://{tmp_path}/a" and local_path(f"file:{tmp_path}/a") == tmp_path / "a"
+    assert load_config(None, [f"root=file:{tmp_path}/run"]).path("songs") == f"file://{tmp_path}/run/songs"
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,9 @@ def test_recall_and_relevance_metrics():
     assert metrics.share_same(codes, np.array([0, 3]), nbrs, 4) == pytest.approx(0.25)  # query 3 unknown: skipped
     tags = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0]], bool)
     assert metrics.share_overlap(tags, np.array([0, 1]), nbrs, 4) == pytest.approx((1 / 4 + 4 / 4) / 2)
+    # Lists narrower than the "@" (a table of K = 2 neighbours scored "@10"): shares over their own width.
+    assert metrics.share_same(codes, np.array([0, 3]), nbrs[:, :2], 10) == pytest.approx(0.5)
+    assert metrics.share_overlap(tags, np.array([0, 1]), nbrs[:, :2], 10) == pytest.approx((1 / 2 + 2 / 2) / 2)
     assert metrics.hit_rate([np.array([2, 9]), np.array([])], nbrs) == 0.5
     assert metrics.coverage_and_hubness(nbrs, 6) == (5 / 6, 2)
 

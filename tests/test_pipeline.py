@@ -5,16 +5,19 @@ import shutil
 import uuid
 
 import pandas as pd
+import pytest
 from conftest import ROOT, copy_run
 
 from songrec import io
-from songrec.config import load_config, local_path
+from songrec.config import ConfigError, load_config, local_path
 from songrec.pipeline import STAGE_NAMES, fingerprint, run_pipeline, select
 
 
 def test_select_stages():
     assert [s.name for s in select(None, None)] == STAGE_NAMES
     assert [s.name for s in select("knn", "evaluate")] == ["knn", "evaluate"]
+    with pytest.raises(ConfigError, match="--from report comes after --to knn"):  # a clear line, exit 2
+        select("report", "knn")
 
 
 def test_unchanged_stages_are_skipped_and_changed_config_reruns_downstream(spark, finished, tmp_path, caplog):
@@ -81,3 +84,20 @@ def test_a_run_root_on_a_hadoop_filesystem(spark, finished, tmp_path):
     assert not list((lake / "r1" / "_staging").iterdir())  # every staging folder committed or removed
     timings = run_pipeline(spark, remote, start="embed")  # table versions read through Hadoop: all unchanged
     assert {timings[s]["status"] for s in ("embed", "knn", "evaluate", "report")} == {"skipped (unchanged)"}
+
+
+def test_a_linked_input_file_has_a_version(tmp_path):
+    """The raw input may be a symbolic link to a downloaded file: its version is the file's, and follows it."""
+    from songrec.pipeline import table_version
+
+    data = tmp_path / "downloads" / "spotify_dataset.csv"
+    data.parent.mkdir()
+    data.write_text("a,b\n1,2\n")
+    link = tmp_path / "raw" / "spotify_dataset.csv"
+    link.parent.mkdir()
+    link.symlink_to(data)
+    # As a file:// URI the path is taken as it is (a plain path is resolved, link and all, by the config).
+    cfg = load_config(ROOT / "conf" / "test.yaml", [f"input=file://{link}", f"root={tmp_path / 'run'}"])
+    before = table_version(cfg, "input")
+    data.write_text("a,b\n1,2\n3,4\n")
+    assert before.startswith("spotify_dataset.csv:8:") and table_version(cfg, "input") != before

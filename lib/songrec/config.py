@@ -197,7 +197,11 @@ class Config:
 
 
 def to_uri(path: str) -> str:
-    """Turn a local path into an absolute ``file://`` URI; leave a URI with a scheme alone."""
+    """Turn a local path into an absolute ``file://`` URI; leave a URI with a scheme alone.
+
+    Hadoop's own spelling ``file:/abs/path`` (one slash, as Spark prints paths) is a local path too.
+    """
+    path = _hadoop_file_uri(path)
     if "://" in path:
         return path
     # Not Path.as_uri(): Hadoop's Path(String) would encode its %20 again; Spark, Petastorm and our
@@ -205,8 +209,16 @@ def to_uri(path: str) -> str:
     return "file://" + str(Path(path).expanduser().resolve())
 
 
+def _hadoop_file_uri(uri: str) -> str:
+    """``file:/abs`` (Hadoop's form) as ``file:///abs``; anything else unchanged."""
+    if uri.startswith("file:/") and not uri.startswith("file://"):
+        return "file://" + uri[len("file:") :]
+    return uri
+
+
 def local_path(uri: str) -> Path:
     """The local filesystem path of a ``file://`` URI or plain path; error for remote URIs."""
+    uri = _hadoop_file_uri(uri)
     if uri.startswith("file://"):
         return Path(uri[len("file://") :])
     if "://" in uri:
@@ -254,13 +266,22 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(typ)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            except yaml.YAMLError:
+                raise ConfigError(f"config key {key!r}: expected a list such as [256, 128], got {value!r}") from None
         if not isinstance(value, list):
             raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if isinstance(value, str):
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(
+                    f'config key {key!r}: expected a JSON mapping such as {{"spark.x": "1"}}, got {value!r} '
+                    f"(or set one entry: --set {key}.spark.x=1)"
+                ) from None
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
         return {str(k): str(v) for k, v in value.items()}
@@ -299,6 +320,9 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if not key:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     parts = key.split(".")
+    if parts[:2] == ["spark", "conf"] and len(parts) > 2:
+        # spark.conf maps Spark's own dotted keys: `--set spark.conf.spark.executor.memoryOverhead=1g` sets one.
+        parts = ["spark", "conf", ".".join(parts[2:])]
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})

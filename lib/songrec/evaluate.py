@@ -258,6 +258,8 @@ def evaluate(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         **{name: _relevance(nbrs, sample, ctx, k, n) for name, nbrs in baseline_lists.items()},
     }
     lap("relevance_s")
+    if k < AT:
+        notes.append(f"K = {k} < {AT}: the @10 figures (recall, precision, agreement) are over the {k} neighbours")
     result = {
         "n": n, "k": k, "sample": len(sample), "seed": cfg.evaluate.seed,
         "recall": recall,

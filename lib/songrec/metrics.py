@@ -117,7 +117,8 @@ def recall_at(
 def share_same(codes: np.ndarray, query: np.ndarray, nbrs: np.ndarray, k: int) -> float | None:
     """Mean share of the top-``k`` neighbours whose label equals the query's (labels < 0 = unknown).
 
-    Queries with an unknown label are skipped; an unknown or missing neighbour counts as a miss.
+    Queries with an unknown label are skipped; an unknown or missing neighbour counts as a miss. Lists
+    narrower than ``k`` (a table of K < k neighbours) are scored over their own width.
     Returns None when no query has a label.
     """
     nb = nbrs[:, :k]
@@ -126,17 +127,18 @@ def share_same(codes: np.ndarray, query: np.ndarray, nbrs: np.ndarray, k: int) -
     if not known.any():
         return None
     nb_code = np.where(nb == MISSING, -2, codes[np.where(nb == MISSING, 0, nb)])
-    return float(np.mean((nb_code[known] == q_code[known, None]).sum(1) / k))
+    return float(np.mean((nb_code[known] == q_code[known, None]).sum(1) / nb.shape[1]))
 
 
 def share_overlap(multi_hot: np.ndarray, query: np.ndarray, nbrs: np.ndarray, k: int) -> float | None:
-    """Mean share of the top-``k`` neighbours sharing at least one tag (row of ``multi_hot``) with the query."""
+    """Mean share of the top-``k`` neighbours sharing at least one tag (row of ``multi_hot``) with the query
+    (over the lists' own width when it is under ``k``)."""
     nb = nbrs[:, :k]
     known = multi_hot[query].any(1)
     if not known.any():
         return None
     shared = (multi_hot[np.where(nb == MISSING, 0, nb)] & multi_hot[query][:, None, :]).any(-1) & (nb != MISSING)
-    return float(np.mean(shared[known].sum(1) / k))
+    return float(np.mean(shared[known].sum(1) / nb.shape[1]))
 
 
 def hit_rate(similar: list[np.ndarray], nbrs: np.ndarray) -> float | None:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from songrec import io
-from songrec.config import Config, local_path
+from songrec.config import Config, ConfigError, local_path
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ def table_version(cfg: Config, name: str, spark: Any = None) -> str:
         path = local_path(uri)
         if not path.exists():
             return "absent"
-        if path.is_symlink():
-            # The committed version, plus the newest top-level file: small files such as
-            # neighbors/_manifest.json and report/metrics.json are updated in place by later stages.
+        if name != "input" and path.is_symlink():
+            # A committed table: the version it links to, plus the newest top-level file (small files such as
+            # neighbors/_manifest.json and report/metrics.json are updated in place by later stages). The raw
+            # input may be a link too (to a file or a folder): its files are stated below, through the link.
             newest = max((p.stat().st_mtime_ns for p in path.iterdir()), default=0)
             return f"{os.readlink(path)}@{newest}"
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -96,11 +97,11 @@ def select(start: str | None, stop: str | None) -> list[Stage]:
     """Stages from ``start`` to ``stop`` inclusive."""
     for name in (start, stop):
         if name is not None and name not in STAGE_NAMES:
-            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
     lo = STAGE_NAMES.index(start) if start else 0
     hi = STAGE_NAMES.index(stop) if stop else len(STAGES) - 1
     if lo > hi:
-        raise ValueError(f"--from {start} comes after --to {stop}")
+        raise ConfigError(f"--from {start} comes after --to {stop} (stages run in the order {', '.join(STAGE_NAMES)})")
     return STAGES[lo : hi + 1]
 
 
