@@ -17,7 +17,7 @@ from conftest import ROOT, make_cfg
 
 from songrec import io
 from songrec.errors import InputError
-from songrec.knn import _build_shards, _load_embeddings, build_neighbors, locality_order
+from songrec.knn import _build_shards, _load_embeddings, build_index, build_neighbors, locality_order, query_shard
 
 
 def load_job(name: str):
@@ -54,6 +54,15 @@ def write_embeddings(spark, cfg, ids: np.ndarray, vectors: np.ndarray) -> None:
         pq.write_table(
             pa.table({"song_id": pa.array(ids[rows], pa.int64()), "vector": vec}), out / f"part-{part}.parquet"
         )
+
+
+def write_rows(cfg, ids: list[int | None], vectors: list[list[float]]) -> None:
+    """An embeddings/ table in one file from Python lists: rows ``write_embeddings`` cannot hold (ragged, null ids)."""
+    out = io.local_path(cfg.path("embeddings"))
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    table = pa.table({"song_id": pa.array(ids, pa.int64()), "vector": pa.array(vectors, pa.list_(pa.float32()))})
+    pq.write_table(table, out / "part-0.parquet")
 
 
 def read_table(spark, cfg) -> pd.DataFrame:
@@ -244,6 +253,108 @@ def test_empty_missing_and_oversized_inputs_are_clear_errors(spark, tmp_path):
     small = make_cfg(tmp_path, "knn.max_shard_rows=10")
     with pytest.raises(InputError, match="knn.max_shard_rows"):
         build_neighbors(spark, small)
+
+
+def test_vectors_not_unit_length_are_renormalised(spark, tmp_path):
+    n = 300
+    ids, vectors = song_ids(n, seed=4), clustered(n, dim=8, seed=4)
+    tables = []
+    for run, scale in (("unit", 1.0), ("scaled", 3.0)):
+        cfg = make_cfg(tmp_path / run, f"knn.ef={n}")
+        write_embeddings(spark, cfg, ids, vectors * np.float32(scale))
+        build_neighbors(spark, cfg)
+        tables.append(read_table(spark, cfg))
+    unit, scaled = tables
+    pd.testing.assert_frame_equal(scaled.drop(columns="score"), unit.drop(columns="score"))
+    np.testing.assert_allclose(scaled["score"], unit["score"], atol=1e-6)
+    # still cosines of the unit vectors, not inner products of the scaled ones (9x larger)
+    pos = {int(s): i for i, s in enumerate(ids)}
+    dots = np.einsum("ij,ij->i", vectors[scaled["song_id"].map(pos)], vectors[scaled["neighbor_id"].map(pos)])
+    np.testing.assert_allclose(scaled["score"], dots, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("ragged", r"column vector has lengths 4\.\.5; all must be equal"),
+        ("all_zero", "1 rows have an all-zero vector"),
+        ("null_id", "1 rows have a null song_id"),
+        ("one_song", "holds one song"),
+        ("nan", "2 rows have a vector with NaN, infinite or null values"),
+    ],
+    ids=["ragged", "all_zero", "null_id", "one_song", "nan"],
+)
+def test_bad_embeddings_are_clear_errors(spark, tmp_path, case, match):
+    cfg = make_cfg(tmp_path)
+    ids, vectors = song_ids(30, seed=7).tolist(), clustered(30, dim=4, seed=7).tolist()
+    if case == "ragged":
+        vectors[7] = [*vectors[7], 0.0]
+    elif case == "all_zero":
+        vectors[7] = [0.0] * 4
+    elif case == "null_id":
+        ids[7] = None
+    elif case == "nan":  # a diverged model: its rows would get no neighbours and vanish from the table
+        vectors[7][1], vectors[8][0] = float("nan"), float("inf")
+    else:
+        ids, vectors = ids[:1], vectors[:1]
+    write_rows(cfg, ids, vectors)
+    with pytest.raises(InputError, match=match):
+        build_neighbors(spark, cfg)
+    assert not io.exists(cfg.path("neighbors"), spark)
+
+
+class FailingQueries:
+    """A real hnswlib index whose ``knn_query`` raises as hnswlib does when the graph yields too few results."""
+
+    def __init__(self, index):
+        self.index = index
+        self.calls = 0
+
+    def knn_query(self, *args, **kwargs):
+        self.calls += 1
+        raise RuntimeError("Cannot return the results in a contiguous 2D array. Probably ef or M is too small")
+
+    def __getattr__(self, name):
+        return getattr(self.index, name)
+
+
+@pytest.mark.parametrize(("n", "k"), [(200, 5), (4, 10)], ids=["shard_bigger_than_k", "shard_smaller_than_k"])
+def test_query_shard_falls_back_to_exact_search(tmp_path, n, k):
+    cfg = make_cfg(tmp_path, f"knn.k={k}")
+    ids, vectors = song_ids(n + 20, seed=11), clustered(n + 20, dim=8, seed=11)
+    # Twins: equal scores, ordered by id, and each one's query drops itself by id, not by score. (This pair's
+    # tie never straddles the cut at k+1 candidates: that case is test_exact_fallback_breaks_ties_at_the_cut_by_id.)
+    vectors[3] = vectors[2]
+    index = FailingQueries(build_index(ids[:n], vectors[:n], cfg.knn))
+    nbr, score = query_shard(index, ids, vectors, k)  # the shard's own songs, then 20 songs of another shard
+    assert index.calls == 1
+
+    # exact reference: every shard song a candidate, self excluded, padded with empty slots when n <= k
+    sims = np.pad(vectors @ vectors[:n].T, ((0, 0), (0, k)), constant_values=-np.inf)
+    sims[np.arange(n), np.arange(n)] = -np.inf
+    cand = np.r_[ids[:n], np.zeros(k, np.int64)]
+    order = np.lexsort((np.broadcast_to(cand, sims.shape), -sims), axis=1)[:, :k]
+    exact_ids, exact_scores = cand[order], np.take_along_axis(sims, order, 1)
+    valid = np.isfinite(exact_scores)
+    assert nbr.shape == score.shape == (n + 20, k) and valid.sum() == n * min(k, n - 1) + 20 * min(k, n)
+    np.testing.assert_array_equal(np.isfinite(score), valid)
+    np.testing.assert_array_equal(nbr[valid], exact_ids[valid])
+    np.testing.assert_allclose(score[valid], exact_scores[valid], atol=1e-6)
+    assert nbr[2, 0] == ids[3] and nbr[3, 0] == ids[2]
+
+
+def test_exact_fallback_breaks_ties_at_the_cut_by_id(tmp_path):
+    """Equal scores across the cut keep the smallest ids (the fallback used to keep them in hnswlib's hash-map
+    order of labels, so a larger tied id could displace a smaller one)."""
+    k, n = 2, 10
+    cfg = make_cfg(tmp_path, f"knn.k={k}")
+    ids = song_ids(n, seed=12)  # ascending
+    vectors = np.repeat(clustered(1, dim=8, seed=12), n, axis=0)  # ten songs with one vector: all scores tie
+    nbr, score = query_shard(FailingQueries(build_index(ids, vectors, cfg.knn)), ids, vectors, k)
+    assert np.isfinite(score).all() and (score == score[0, 0]).all()
+    # each song's neighbours are the two smallest other ids
+    expected = [[ids[j] for j in range(n) if j != i][:k] for i in range(n)]
+    np.testing.assert_array_equal(nbr, expected)
 
 
 def test_failed_run_leaves_previous_table_readable(spark, tmp_path, monkeypatch):

@@ -91,7 +91,7 @@ def query_shard(index: Any, ids: np.ndarray, vectors: np.ndarray, k: int) -> tup
     """Top-``k`` candidates of each query row in one shard, the query song itself removed.
 
     Returns ``(neighbor_ids int64 [B, k], scores float32 [B, k])``; missing slots (a shard with
-    fewer than k other songs) hold id 0 and score ``-inf``.
+    fewer than k other songs) hold score ``-inf`` and id 0 or the query's own id: only the score marks them.
     """
     count = index.get_current_count()
     kq = min(k + 1, count)
@@ -135,7 +135,10 @@ def locality_order(ids: np.ndarray, vectors: np.ndarray, anchors: int = LOCALITY
 
 
 def _exact_in_shard(index: Any, vectors: np.ndarray, kq: int) -> tuple[np.ndarray, np.ndarray]:
+    # In id order (the song_id's int64 order), so that the stable sort below keeps the smallest ids of a tie
+    # at the cut; get_ids_list() comes in the order of hnswlib's hash map.
     labels = np.asarray(index.get_ids_list(), dtype=np.uint64)
+    labels = labels[np.argsort(labels.view(np.int64), kind="stable")]
     base = np.asarray(index.get_items(labels), dtype=np.float32)
     sims = vectors @ base.T
     top = np.argsort(-sims, axis=1, kind="stable")[:, :kq]
@@ -156,8 +159,8 @@ def merge_candidates(nbr: np.ndarray, score: np.ndarray, k: int) -> tuple[np.nda
 def _load_embeddings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, int, int, dict[int, int]]:
     """Read embeddings/, assign shards, check it in one pass; return ``(df, n, dim, rows per shard)``.
 
-    Vectors that are not unit length are renormalised (with a warning); ragged or all-zero vectors,
-    null ids and an empty table are errors.
+    Vectors that are not unit length are renormalised (with a warning); ragged, all-zero or non-finite
+    (NaN, infinite, null values) vectors, null ids and an empty table are errors.
     """
     uri = cfg.path("embeddings")
     if not io.exists(uri, spark):
@@ -178,6 +181,9 @@ def _load_embeddings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, int, 
             F.sum((F.abs(F.sqrt("_norm2") - 1) > NORM_TOLERANCE).cast("long")).alias("off"),
             F.sum((F.col("_norm2") == 0).cast("long")).alias("zero"),
             F.sum(F.col("song_id").isNull().cast("long")).alias("null_ids"),
+            F.sum(
+                (F.col("_norm2").isNull() | F.isnan("_norm2") | (F.col("_norm2") == float("inf"))).cast("long")
+            ).alias("nonfinite"),
         )
         .collect()
     )  # fmt: skip
@@ -188,11 +194,18 @@ def _load_embeddings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, int, 
     if n < 2:
         raise InputError(f"{uri} holds one song: a neighbour table needs at least 2")
     dmin, dmax = min(r["dmin"] for r in per_shard), max(r["dmax"] for r in per_shard)
-    off, zero, null_ids = (sum(int(r[c]) for r in per_shard) for c in ("off", "zero", "null_ids"))
+    off, zero, null_ids, nonfinite = (
+        sum(int(r[c] or 0) for r in per_shard) for c in ("off", "zero", "null_ids", "nonfinite")
+    )
     if dmin != dmax or not dmin:
         raise InputError(f"{uri}: column vector has lengths {dmin}..{dmax}; all must be equal")
     if null_ids:
         raise InputError(f"{uri}: {null_ids} rows have a null song_id")
+    if nonfinite:
+        raise InputError(
+            f"{uri}: {nonfinite} rows have a vector with NaN, infinite or null values (did training diverge? "
+            "see model/history.json)"
+        )
     if zero:
         raise InputError(f"{uri}: {zero} rows have an all-zero vector (no direction to compare)")
     if off:
