@@ -145,3 +145,20 @@ def test_console_script_is_installed_and_fast(run_dir, songs):
     )
     assert out.returncode == 0, out.stderr
     assert " s from " in out.stderr
+
+
+def test_a_run_folder_with_quotes_and_glob_characters(run_dir, songs, tmp_path, capsys):
+    """Paths go to DuckDB as parameters: a quote or a bracket in the run folder's name is taken as it is."""
+    import shutil
+
+    copy = tmp_path / "o'neil [lake]" / "run"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    song_id, _, title = _unique_title(songs)
+    assert main(["recommend", title, "--run", str(copy), "-k", "3", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert main(["recommend", "--id", str(song_id), "--run", run_dir, "-k", "3", "--format", "json"]) == 0
+    assert rows == json.loads(capsys.readouterr().out) and len(rows) == 3
+
+    (copy / "neighbors" / "_manifest.json").unlink()  # e.g. only the Parquet files were copied
+    assert main(["recommend", "--id", str(song_id), "--run", str(copy)]) == 1
+    assert "_manifest.json is missing or unreadable" in capsys.readouterr().err

@@ -116,7 +116,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     row = (
         duckdb.connect()
-        .execute(f"SELECT song_id, title FROM read_parquet('{run.glob('songs')}') ORDER BY hash(song_id) LIMIT 1")
+        .execute("SELECT song_id, title FROM read_parquet(?) ORDER BY hash(song_id) LIMIT 1", [run.files("songs")])
         .fetchone()
     )
     print(f"\nexample: songrec recommend --id {row[0]} --run {args.run}")

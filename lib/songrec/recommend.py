@@ -70,8 +70,14 @@ class Run:
             raise InputError(f"{path} does not exist: is {self.root} a finished songrec run?")
         return path.resolve()
 
-    def glob(self, name: str) -> str:
-        return str(self.table(name) / "**" / "*.parquet")
+    def files(self, name: str, part: str = "") -> list[str]:
+        """The Parquet files of a table (or of one of its partitions), for ``read_parquet(?)``: passed as a
+        list parameter, a path with quotes or glob characters (``'``, ``[``, ``*``) is taken as it is."""
+        folder = self.table(name) / part if part else self.table(name)
+        found = sorted(str(p) for p in folder.rglob("*.parquet") if not p.name.startswith(("_", ".")))
+        if not found:
+            raise InputError(f"{folder} holds no Parquet files: is {self.root} a finished songrec run?")
+        return found
 
 
 def _connect():
@@ -85,14 +91,14 @@ def _connect():
 def resolve_song(run: Run, title: str | None, artist: str | None = None, song_id: int | None = None) -> int:
     """Find one song's id by ``song_id`` or by title (and artist), case-insensitively."""
     con = _connect()
-    songs = run.glob("songs")
+    songs = run.files("songs")
     if song_id is not None:
-        row = con.execute(f"SELECT song_id FROM read_parquet('{songs}') WHERE song_id = ?", [song_id]).fetchone()
+        row = con.execute("SELECT song_id FROM read_parquet(?) WHERE song_id = ?", [songs, song_id]).fetchone()
         if row is None:
             raise NotFound(f"no song with id {song_id}")
         return int(row[0])
-    query = f"SELECT song_id, artist, title FROM read_parquet('{songs}') WHERE lower(title) = lower(?)"
-    params: list = [title]
+    query = "SELECT song_id, artist, title FROM read_parquet(?) WHERE lower(title) = lower(?)"
+    params: list = [songs, title]
     if artist:
         query += " AND (lower(artist) = lower(?) OR list_contains(list_transform(artists, a -> lower(a)), lower(?)))"
         params += [artist, artist]
@@ -102,9 +108,9 @@ def resolve_song(run: Run, title: str | None, artist: str | None = None, song_id
     if len(rows) > 1:
         raise Ambiguous(f"{len(rows)} songs are titled {title!r}: add --artist NAME or --id SONG_ID", rows)
     close = con.execute(
-        f"SELECT DISTINCT title, jaro_winkler_similarity(lower(title), lower(?)) AS s FROM read_parquet('{songs}') "
+        "SELECT DISTINCT title, jaro_winkler_similarity(lower(title), lower(?)) AS s FROM read_parquet(?) "
         "ORDER BY s DESC, title LIMIT 5",
-        [title],
+        [title, songs],
     ).fetchall()
     who = f" by {artist!r}" if artist else ""
     raise NotFound(f"no song titled {title!r}{who}", [t for t, _ in close])
@@ -116,17 +122,20 @@ def neighbors_of(run: Run, song_id: int, k: int) -> list[dict]:
 
     con = _connect()
     table = run.table("neighbors")
-    manifest = json.loads((table / "_manifest.json").read_text())
-    bucket = song_id % int(manifest["buckets"])  # Python's % is pmod for a positive modulus
-    files = str(table / f"bucket={bucket}" / "*.parquet")
+    try:
+        manifest = json.loads((table / "_manifest.json").read_text())
+        buckets = int(manifest["buckets"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{table / '_manifest.json'} is missing or unreadable ({exc}): rerun the knn job") from None
+    bucket = song_id % buckets  # Python's % is pmod for a positive modulus
     rows = con.execute(
-        f"""
+        """
         SELECT n.rank, s.artist, s.title, s.genre, s.emotion, n.score, n.neighbor_id
-        FROM (SELECT * FROM read_parquet('{files}') WHERE song_id = ? AND rank <= ?) n
-        JOIN read_parquet('{run.glob("songs")}') s ON s.song_id = n.neighbor_id
+        FROM (SELECT * FROM read_parquet(?) WHERE song_id = ? AND rank <= ?) n
+        JOIN read_parquet(?) s ON s.song_id = n.neighbor_id
         ORDER BY n.rank
         """,
-        [song_id, k],
+        [run.files("neighbors", f"bucket={bucket}"), song_id, k, run.files("songs")],
     ).fetchall()
     return [dict(zip([*OUT_COLUMNS, "song_id"], r, strict=True)) for r in rows]
 
@@ -135,7 +144,7 @@ def song_row(run: Run, song_id: int) -> dict:
     """artist, title, genre, emotion of one song."""
     con = _connect()
     row = con.execute(
-        f"SELECT artist, title, genre, emotion FROM read_parquet('{run.glob('songs')}') WHERE song_id = ?", [song_id]
+        "SELECT artist, title, genre, emotion FROM read_parquet(?) WHERE song_id = ?", [run.files("songs"), song_id]
     ).fetchone()
     return dict(zip(["artist", "title", "genre", "emotion"], row, strict=True))
 
@@ -180,7 +189,8 @@ def like_profile(run: Run, spec: str) -> dict[str, np.ndarray]:
         if not lo <= value <= hi:
             raise UsageError(f"{name}={raw} is out of range; valid range {lo:g}..{hi:g}")
         st = stats[name]
-        numeric[NUMERIC_FEATURES.index(name)] = (value - st["mean"]) / (st["std"] or 1.0)
+        if st.get("mean") is not None:  # a column with no value in the catalogue is 0 (its mean) for every song
+            numeric[NUMERIC_FEATURES.index(name)] = (value - st["mean"]) / (st.get("std") or 1.0)
     genres = np.zeros(int(feats["genre_dim"]), dtype=np.float32)
     genre_idx = 0
     if "genre" in wanted:
@@ -222,8 +232,8 @@ def recommend_like(run: Run, spec: str, k: int) -> list[dict]:
     top = np.lexsort((ids, -scores))[:k]
     con = _connect()
     rows = con.execute(
-        f"SELECT song_id, artist, title, genre, emotion FROM read_parquet('{run.glob('songs')}') "
-        f"WHERE song_id IN ({','.join(str(int(i)) for i in ids[top])})"
+        "SELECT song_id, artist, title, genre, emotion FROM read_parquet(?) WHERE list_contains(?, song_id)",
+        [run.files("songs"), [int(i) for i in ids[top]]],
     ).fetchall()
     meta = {r[0]: r[1:] for r in rows}
     return [
