@@ -62,7 +62,17 @@ def test_a_run_root_on_a_hadoop_filesystem(spark, finished, tmp_path):
     lake.mkdir()
     mount = f"lake{uuid.uuid4().hex[:8]}"  # Hadoop caches a filesystem per authority: a fresh one per test
     spark._jsc.hadoopConfiguration().set(f"fs.viewfs.mounttable.{mount}.link./runs", lake.as_uri())
-    remote = load_config(ROOT / "conf" / "test.yaml", [f"input={finished.input}", f"root=viewfs://{mount}/runs/r1"])
+    from songrec.generate import truth_uri
+
+    shutil.copy(local_path(truth_uri(finished)), lake / "truth.csv")  # the generator's truth file, read remotely
+    remote = load_config(
+        ROOT / "conf" / "test.yaml",
+        [
+            f"input={finished.input}",
+            f"root=viewfs://{mount}/runs/r1",
+            f"evaluate.truth=viewfs://{mount}/runs/truth.csv",
+        ],
+    )
     assert not io.is_local(remote.path())
     timings = run_pipeline(spark, remote, stop="preprocess")
     assert timings["preprocess"]["status"] == "ran"
@@ -80,6 +90,7 @@ def test_a_run_root_on_a_hadoop_filesystem(spark, finished, tmp_path):
     got = io.read_json(remote.path("report", "metrics.json"), spark)
     want = json.loads((local_path(finished.path("report")) / "metrics.json").read_text())
     assert got["recall"] == want["recall"] and got["relevance"] == want["relevance"]
+    assert got["relevance"]["embedding"]["planted_precision_at_10"] is not None
     assert (lake / "r1" / "report" / "index.html").stat().st_size > 10_000
     assert not list((lake / "r1" / "_staging").iterdir())  # every staging folder committed or removed
     timings = run_pipeline(spark, remote, start="embed")  # table versions read through Hadoop: all unchanged

@@ -21,15 +21,16 @@ recall into ``neighbors/_manifest.json``.
 """
 
 import logging
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyarrow import csv as pacsv
-from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -98,18 +99,21 @@ def _truth_styles(spark: SparkSession, cfg: Config, ids: np.ndarray, notes: list
     # Not spark.read: the truth file's leading underscore hides it from Spark's file listing (on purpose).
     # Read as Arrow and handed to Spark as Arrow: a pandas frame would cross to the JVM row by row
     # (spark.sql.execution.arrow.pyspark.enabled is off by default), 37 s of 111 at full size.
-    filesystem, path = (
-        (pafs.LocalFileSystem(), str(io.local_path(uri))) if io.is_local(uri) else pafs.FileSystem.from_uri(uri)
-    )
     wanted = ["artist", "title", "style"]
     as_text = pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()))
-    try:
-        with filesystem.open_input_stream(path) as stream:
+    with tempfile.TemporaryDirectory(prefix="songrec-truth-") as tmp:
+        if io.is_local(uri):
+            path = io.local_path(uri)
+        else:  # HDFS, S3, ...: fetched through Hadoop's FileSystem API (pyarrow knows few of those schemes)
+            path = Path(tmp) / "truth.csv"
+            fs, src = io.hadoop_fs(spark, uri)
+            fs.copyToLocalFile(False, src, spark._jvm.org.apache.hadoop.fs.Path(path.as_uri()), True)
+        try:
             raw = pacsv.read_csv(
-                stream, parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=as_text
+                path, parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=as_text
             )
-    except pa.ArrowInvalid as exc:
-        raise InputError(f"truth file {uri} is not a readable CSV: {first_line(str(exc))}") from exc
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"truth file {uri} is not a readable CSV: {first_line(str(exc))}") from exc
     if not set(wanted) <= set(raw.column_names):
         raise InputError(f"truth file {uri} needs columns artist, title, style; has {raw.column_names}")
     truth = spark.createDataFrame(raw.select(wanted))
