@@ -86,3 +86,26 @@ def test_upload_copies_a_folder_locally_and_through_hadoop(spark, tmp_path):
     for copy in ("local-copy", "hadoop-copy"):
         assert (tmp_path / copy / "index.html").read_text(encoding="utf-8") == "<p>é</p>"
         assert (tmp_path / copy / "sub" / "loss.png").read_bytes() == bytes(range(256))
+
+
+def test_json_through_hadoop_replaces_the_file_whole(spark, tmp_path):
+    """Off a local disk write_json writes a temp file and renames it over the old one (HDFS, S3; here a viewfs://
+    mount of a local folder, so Hadoop's code path runs): never a half-written file, no temp file left."""
+    import uuid
+
+    mount = f"io{uuid.uuid4().hex[:8]}"
+    spark._jsc.hadoopConfiguration().set(f"fs.viewfs.mounttable.{mount}.link./lake", tmp_path.as_uri())
+    uri = f"viewfs://{mount}/lake/_state/knn.json"
+    for n in (1, 2):
+        io.write_json(uri, {"fingerprint": "x" * n}, spark)
+        assert io.read_json(uri, spark) == {"fingerprint": "x" * n}
+    assert sorted(p.name for p in (tmp_path / "_state").iterdir() if not p.name.endswith(".crc")) == ["knn.json"]
+
+
+def test_an_unreadable_state_file_means_the_stage_runs(tmp_path):
+    """A state file cut short (a kill while it was written on a filesystem without atomic rename) is not an error."""
+    from songrec.pipeline import _read_state
+
+    state = tmp_path / "knn.json"
+    state.write_text('{"fingerprint": "ab')
+    assert _read_state(str(state), None) == {} and _read_state(str(tmp_path / "absent.json"), None) == {}

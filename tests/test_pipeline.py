@@ -112,3 +112,29 @@ def test_a_linked_input_file_has_a_version(tmp_path):
     before = table_version(cfg, "input")
     data.write_text("a,b\n1,2\n3,4\n")
     assert before.startswith("spotify_dataset.csv:8:") and table_version(cfg, "input") != before
+
+
+def test_an_input_replaced_while_a_stage_runs_makes_the_next_run_repeat_it(spark, finished, tmp_path, monkeypatch):
+    """The state records what the stage read when it started: embeddings/ committed anew by another job while knn
+    runs were not what knn read, so the next pipeline run must not skip knn."""
+    import songrec.pipeline as pipeline
+
+    cfg = copy_run(finished, tmp_path)
+    real = pipeline._runner
+
+    def runner(name):
+        def run(spark, cfg):
+            result = real(name)(spark, cfg)
+            emb = local_path(cfg.path("embeddings"))
+            staging = emb.parent / "_staging" / "embeddings-meanwhile"
+            shutil.copytree(emb.resolve(), staging)
+            io.commit(str(staging), str(emb))  # another job's commit, landing before the stage ends
+            return result
+
+        return run if name == "knn" else real(name)
+
+    monkeypatch.setattr(pipeline, "_runner", runner)
+    assert run_pipeline(spark, cfg, start="knn", stop="knn", force=True)["knn"]["status"] == "ran"
+    monkeypatch.setattr(pipeline, "_runner", real)
+    assert run_pipeline(spark, cfg, start="knn", stop="knn")["knn"]["status"] == "ran"
+    assert run_pipeline(spark, cfg, start="knn", stop="knn")["knn"]["status"] == "skipped (unchanged)"

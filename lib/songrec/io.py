@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from songrec.config import local_path
+from songrec.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def discard(staging: str, spark: Any = None) -> None:
 
 
 def write_json(uri: str, obj: Any, spark: Any = None) -> None:
-    """Write ``obj`` as pretty JSON, atomically (temp file then rename)."""
+    """Write ``obj`` as pretty JSON, atomically: a temp file, then a rename (off a local disk: _replace_hadoop)."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=str)
     if is_local(uri):
         path = local_path(uri)
@@ -152,11 +153,30 @@ def write_json(uri: str, obj: Any, spark: Any = None) -> None:
         os.replace(tmp, path)
         return
     fs, path = hadoop_fs(spark, uri)
-    out = fs.create(path, True)
+    tmp = spark._jvm.org.apache.hadoop.fs.Path(f"{uri.rsplit('/', 1)[0]}/.{path.getName()}.tmp-{uuid.uuid4().hex[:8]}")
+    out = fs.create(tmp, True)
     try:
         out.write(bytearray(text.encode()))
     finally:
         out.close()
+    _replace_hadoop(spark, fs, tmp, path)
+
+
+def _replace_hadoop(spark: Any, fs: Any, src: Any, dst: Any) -> None:
+    """Rename ``src`` over ``dst``: one atomic rename where the filesystem has one (HDFS: FileContext's
+    OVERWRITE), else delete then rename (a moment where ``dst`` is absent, never one where it is partial)."""
+    jvm = spark._jvm
+    try:
+        context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(dst.toUri(), spark._jsc.hadoopConfiguration())
+    except Exception as exc:  # noqa: BLE001 - Py4JJavaError: no AbstractFileSystem for this scheme
+        log.debug("no FileContext for %s (%s): delete then rename", dst, first_line(str(exc)))
+        fs.delete(dst, False)
+        if not fs.rename(src, dst):
+            raise OSError(f"could not rename {src} to {dst}") from None
+        return
+    options = spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+    options[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
+    context.rename(src, dst, options)
 
 
 def read_json(uri: str, spark: Any = None) -> Any:

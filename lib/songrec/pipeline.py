@@ -31,6 +31,7 @@ class Stage:
     reads: tuple[str, ...]  # table names under root, or "input" for the raw CSV
     writes: tuple[str, ...]
     sections: tuple[str, ...]
+    rewrites: tuple[str, ...] = ()  # tables it reads and then updates itself (their version after it is its own)
 
 
 STAGES: list[Stage] = [
@@ -38,8 +39,14 @@ STAGES: list[Stage] = [
     Stage("train", ("features", "meta"), ("model",), ("train",)),
     Stage("embed", ("features", "model"), ("embeddings",), ("embed",)),
     Stage("knn", ("embeddings",), ("neighbors",), ("knn",)),
-    Stage("evaluate", ("neighbors", "embeddings", "songs", "features", "input"), ("report",), ("evaluate",)),
-    Stage("report", ("report", "model", "neighbors", "songs", "embeddings"), (), ()),
+    Stage(
+        "evaluate",
+        ("neighbors", "embeddings", "songs", "features", "input"),
+        ("report",),
+        ("evaluate",),
+        rewrites=("neighbors",),
+    ),  # its recall goes into neighbors/_manifest.json
+    Stage("report", ("report", "model", "neighbors", "songs", "embeddings"), (), (), rewrites=("report",)),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -83,11 +90,11 @@ def table_version(cfg: Config, name: str, spark: Any = None) -> str:
     return f"{summary.getLength()}:{summary.getFileCount()}:{fs.getFileStatus(hpath).getModificationTime()}"
 
 
-def fingerprint(cfg: Config, stage: Stage, spark: Any = None) -> str:
-    """Hash of the stage's config sections and the versions of what it reads."""
+def fingerprint(cfg: Config, stage: Stage, spark: Any = None, versions: dict[str, str] | None = None) -> str:
+    """Hash of the stage's config sections and the versions of what it reads (``versions`` when given)."""
     parts = {
         "config": {s: asdict(getattr(cfg, s)) for s in stage.sections},
-        "reads": {r: table_version(cfg, r, spark) for r in stage.reads},
+        "reads": versions if versions is not None else {r: table_version(cfg, r, spark) for r in stage.reads},
         "train_world": cfg.train.num_processes if stage.name == "preprocess" else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -105,21 +112,32 @@ def select(start: str | None, stop: str | None) -> list[Stage]:
     return STAGES[lo : hi + 1]
 
 
+def _read_state(uri: str, spark: Any) -> dict:
+    """A state file, or {} when it is absent or unreadable (e.g. cut short by a kill): the stage then runs."""
+    if not io.exists(uri, spark):
+        return {}
+    try:
+        state = io.read_json(uri, spark)
+    except ValueError:
+        log.warning("%s is unreadable; treating the stage as not run", uri)
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def run_pipeline(
     spark: Any, cfg: Config, start: str | None = None, stop: str | None = None, force: bool = False
 ) -> dict:
     """Run the selected stages; returns per-stage status, seconds and summaries."""
     state_dir = cfg.path("_state")
-    timings: dict[str, dict] = {}
     previous = cfg.path("_state", "pipeline.json")
-    if io.exists(previous, spark):
-        timings = io.read_json(previous, spark).get("stages", {})
+    timings: dict[str, dict] = _read_state(previous, spark).get("stages", {})
     for stage in select(start, stop):
-        fp = fingerprint(cfg, stage, spark)
+        versions = {r: table_version(cfg, r, spark) for r in stage.reads}
+        fp = fingerprint(cfg, stage, spark, versions)
         state_uri = f"{state_dir}/{stage.name}.json"
         outputs_present = all(io.exists(cfg.path(w), spark) for w in stage.writes)
-        if not force and outputs_present and io.exists(state_uri, spark):
-            if io.read_json(state_uri, spark).get("fingerprint") == fp:
+        if not force and outputs_present:
+            if _read_state(state_uri, spark).get("fingerprint") == fp:
                 log.info("stage %s: inputs and config unchanged since its last successful run, skipped", stage.name)
                 timings.setdefault(stage.name, {})["status"] = "skipped (unchanged)"
                 continue
@@ -129,7 +147,9 @@ def run_pipeline(
         seconds = round(time.perf_counter() - started, 2)
         log.info("stage %s: done in %.1f s", stage.name, seconds)
         timings[stage.name] = {"status": "ran", "seconds": seconds, "summary": summary}
-        # The fingerprint is taken again after the run: the stage may itself have rewritten what it reads.
-        io.write_json(state_uri, {"fingerprint": fingerprint(cfg, stage, spark), "seconds": seconds}, spark)
+        # What the stage read is recorded as it was before the run (an input replaced meanwhile must make the next
+        # run repeat the stage), except the tables the stage updates itself, taken as it left them.
+        versions.update({r: table_version(cfg, r, spark) for r in stage.rewrites})
+        io.write_json(state_uri, {"fingerprint": fingerprint(cfg, stage, spark, versions), "seconds": seconds}, spark)
         io.write_json(previous, {"stages": timings}, spark)
     return timings
