@@ -92,7 +92,7 @@ def test_repartitioned_and_rerun_gives_same_vectors(spark, tmp_path):
     np.testing.assert_array_equal(np.stack(first["vector"]), np.stack(second["vector"]))
 
 
-def test_batch_size_is_the_arrow_batch_and_the_session_is_left_as_it_was(spark, tmp_path):
+def test_batch_size_is_the_arrow_batch_and_the_session_is_left_as_it_was(spark, tmp_path, monkeypatch):
     """mapInPandas cuts partitions into Arrow batches of spark.sql.execution.arrow.maxRecordsPerBatch rows
     (10,000 unless set), so embed sets it to embed.batch_size for its stage and restores it afterwards."""
     df = spark.range(0, 2_500, numPartitions=1)
@@ -106,6 +106,19 @@ def test_batch_size_is_the_arrow_batch_and_the_session_is_left_as_it_was(spark, 
     assert seen == [500, 1000, 1000]
     assert spark.conf.get(ARROW_BATCH_CONF, None) in (None, "10000")  # back to the session's own value
 
+    import contextlib
+
+    import songrec.embed
+
+    seen_in_stage = []
+
+    @contextlib.contextmanager
+    def recording(session, key, value):
+        with session_conf(session, key, value):
+            seen_in_stage.append((key, session.conf.get(key)))
+            yield
+
+    monkeypatch.setattr(songrec.embed, "session_conf", recording)
     cfg = make_cfg(tmp_path, "embed.batch_size=64")
     write_model(cfg)
     write_features(cfg, 200)
@@ -115,6 +128,7 @@ def test_batch_size_is_the_arrow_batch_and_the_session_is_left_as_it_was(spark, 
         assert spark.conf.get(ARROW_BATCH_CONF) == "777"
     finally:
         spark.conf.unset(ARROW_BATCH_CONF)
+    assert seen_in_stage == [(ARROW_BATCH_CONF, "64")]  # embed.batch_size, while the stage ran
     assert spark.read.parquet(cfg.path("embeddings")).count() == 200
 
 

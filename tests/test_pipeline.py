@@ -1,6 +1,7 @@
 """The pipeline job: stages in one application, skipped when unchanged, re-run when an input changes."""
 
 import json
+import os
 import shutil
 import uuid
 
@@ -28,6 +29,10 @@ def test_unchanged_stages_are_skipped_and_changed_config_reruns_downstream(spark
         s: "skipped (unchanged)" for s in ["embed", "knn", "evaluate", "report"]
     }
     assert "stage knn: inputs and config unchanged since its last successful run, skipped" in caplog.text
+    report = local_path(cfg.path("report"))
+    before = os.readlink(report)
+    assert run_pipeline(spark, cfg, start="report", force=True)["report"]["status"] == "ran"  # --force
+    assert os.readlink(report) != before  # a new version committed
 
     changed = copy_run(finished, tmp_path / "k5", "knn.k=5")
     timings = run_pipeline(spark, changed, start="embed")

@@ -74,7 +74,7 @@ def _songs(spark: SparkSession, cfg: Config, ids: np.ndarray) -> pd.DataFrame:
     df = spark.read.parquet(_require(spark, cfg, "songs"))
     cols = [c for c in AUDIO12 if c != "key_major"]
     df = df.select(
-        "song_id", "artist", "title", "genres", "emotion", "similar_song_ids", *cols,
+        "song_id", "genres", "emotion", "similar_song_ids", *cols,  # artist and title: not needed here
         (F.col("key_mode") == "major").cast("double").alias("key_major"),
     )  # fmt: skip
     pdf = df.toArrow().to_pandas().drop_duplicates("song_id").set_index("song_id")
