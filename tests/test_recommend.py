@@ -137,11 +137,18 @@ def test_missing_run_and_usage_errors(tmp_path, capsys):
     assert main(["recommend", "--run", str(tmp_path)]) == 2
 
 
-def test_console_script_is_installed_and_fast(run_dir, songs):
+def test_console_script_is_installed_and_fast(run_dir, songs, tmp_path):
+    """The console script answers without Spark: here pyspark cannot even be imported."""
+    import os
+
     songrec = Path(sys.executable).parent / "songrec"  # the venv's console script
     assert songrec.is_file(), "the songrec console script is not installed (pip install -e .)"
+    blocker = tmp_path / "no_pyspark" / "pyspark"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('pyspark is not installed on this box')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
     out = subprocess.run(
-        [str(songrec), "recommend", "--id", str(songs[2][0]), "--run", run_dir], capture_output=True, text=True
+        [str(songrec), "recommend", "--id", str(songs[2][0]), "--run", run_dir], capture_output=True, text=True, env=env
     )
     assert out.returncode == 0, out.stderr
     assert " s from " in out.stderr
