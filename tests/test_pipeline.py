@@ -11,7 +11,7 @@ from conftest import ROOT, copy_run
 
 from songrec import io
 from songrec.config import ConfigError, load_config, local_path
-from songrec.pipeline import STAGE_NAMES, fingerprint, run_pipeline, select
+from songrec.pipeline import STAGE_NAMES, fingerprint, read_versions, run_pipeline, select
 
 
 def test_select_stages():
@@ -47,14 +47,14 @@ def test_fingerprint_follows_table_versions(finished, tmp_path):
 
     cfg = copy_run(finished, tmp_path)
     knn = next(s for s in STAGES if s.name == "knn")
-    before = fingerprint(cfg, knn)
+    before = fingerprint(cfg, knn, read_versions(cfg, knn.reads))
     emb = local_path(cfg.path("embeddings"))
     target = emb.resolve()
     moved = target.with_name(target.name.rsplit(".v", 1)[0] + ".v1")
     target.rename(moved)
     emb.unlink()
     emb.symlink_to(moved.name)
-    assert fingerprint(cfg, knn) != before
+    assert fingerprint(cfg, knn, read_versions(cfg, knn.reads)) != before
 
 
 def test_a_run_root_on_a_hadoop_filesystem(spark, finished, tmp_path):

@@ -309,6 +309,11 @@ def test_torchrun_standalone_without_pyspark(uneven, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in shared.glob("epoch-*.pt")) == ["epoch-0001.pt"]
+    # A remote checkpoint folder is refused with the Spark path's own message, before any rank trains.
+    done = subprocess.run(
+        [*cmd, "--set", "train.checkpoint_dir=s3a://lake/ckpt"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0 and "checkpoints need a POSIX folder every rank can reach" in done.stderr
 
 
 def test_missing_features_is_a_clear_error(spark, cfg):

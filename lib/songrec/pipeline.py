@@ -90,11 +90,16 @@ def table_version(cfg: Config, name: str, spark: Any = None) -> str:
     return f"{summary.getLength()}:{summary.getFileCount()}:{fs.getFileStatus(hpath).getModificationTime()}"
 
 
-def fingerprint(cfg: Config, stage: Stage, spark: Any = None, versions: dict[str, str] | None = None) -> str:
-    """Hash of the stage's config sections and the versions of what it reads (``versions`` when given)."""
+def read_versions(cfg: Config, names: tuple[str, ...], spark: Any = None) -> dict[str, str]:
+    """:func:`table_version` of each named table (or ``input``)."""
+    return {name: table_version(cfg, name, spark) for name in names}
+
+
+def fingerprint(cfg: Config, stage: Stage, versions: dict[str, str]) -> str:
+    """Hash of the stage's config sections and ``versions``, those of what it reads (:func:`read_versions`)."""
     parts = {
         "config": {s: asdict(getattr(cfg, s)) for s in stage.sections},
-        "reads": versions if versions is not None else {r: table_version(cfg, r, spark) for r in stage.reads},
+        "reads": versions,
         "train_world": cfg.train.num_processes if stage.name == "preprocess" else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -132,8 +137,8 @@ def run_pipeline(
     previous = cfg.path("_state", "pipeline.json")
     timings: dict[str, dict] = _read_state(previous, spark).get("stages", {})
     for stage in select(start, stop):
-        versions = {r: table_version(cfg, r, spark) for r in stage.reads}
-        fp = fingerprint(cfg, stage, spark, versions)
+        versions = read_versions(cfg, stage.reads, spark)
+        fp = fingerprint(cfg, stage, versions)
         state_uri = f"{state_dir}/{stage.name}.json"
         outputs_present = all(io.exists(cfg.path(w), spark) for w in stage.writes)
         if not force and outputs_present:
@@ -149,7 +154,7 @@ def run_pipeline(
         timings[stage.name] = {"status": "ran", "seconds": seconds, "summary": summary}
         # What the stage read is recorded as it was before the run (an input replaced meanwhile must make the next
         # run repeat the stage), except the tables the stage updates itself, taken as it left them.
-        versions.update({r: table_version(cfg, r, spark) for r in stage.rewrites})
-        io.write_json(state_uri, {"fingerprint": fingerprint(cfg, stage, spark, versions), "seconds": seconds}, spark)
+        versions.update(read_versions(cfg, stage.rewrites, spark))
+        io.write_json(state_uri, {"fingerprint": fingerprint(cfg, stage, versions), "seconds": seconds}, spark)
         io.write_json(previous, {"stages": timings}, spark)
     return timings

@@ -30,7 +30,7 @@ from songrec import io
 from songrec.config import Config, local_path
 from songrec.errors import InputError, SongrecError, first_line
 from songrec.feed import check_shardable
-from songrec.train_worker import FATAL_SUFFIX, failures_dir, make_spec, train_rank
+from songrec.train_worker import FATAL_SUFFIX, checkpoint_folder, failures_dir, make_spec, train_rank
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,7 @@ ATTEMPT_SUFFIX = "-attempt"  # failures-attemptN: the records of attempt N, kept
 
 def checkpoint_dir(cfg: Config) -> Path:
     """Where rank 0 writes per-epoch checkpoints: ``train.checkpoint_dir`` or ``root/_checkpoints/train``."""
-    uri = cfg.train.checkpoint_dir or cfg.path("_checkpoints", "train")
-    try:
-        return local_path(uri)
-    except SongrecError:
-        raise InputError(
-            f"checkpoints need a POSIX folder every rank can reach, {uri} is not one: set train.checkpoint_dir"
-        ) from None
+    return checkpoint_folder(cfg.train.checkpoint_dir or cfg.path("_checkpoints", "train"))
 
 
 def run_training(spark: Any, cfg: Config, resume: bool = False, *, trace_dir: str | None = None) -> dict[str, Any]:

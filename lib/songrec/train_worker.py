@@ -101,6 +101,23 @@ FAILURES = "failures"  # under the checkpoint folder: one JSON file per rank tha
 FATAL_SUFFIX = ".fatal"  # beside them: the stack dump of a rank killed by a fatal signal
 
 
+def checkpoint_folder(uri: str) -> Path:
+    """The local folder of a checkpoint location (``train.checkpoint_dir``, a path or ``file://`` URI).
+
+    Raises:
+        InputError: ``uri`` is remote (HDFS, S3): rank 0 writes checkpoints with ``torch.save`` to a POSIX folder.
+    """
+    from songrec.config import local_path
+    from songrec.errors import InputError, SongrecError
+
+    try:
+        return local_path(uri)
+    except SongrecError:
+        raise InputError(
+            f"checkpoints need a POSIX folder every rank can reach, {uri} is not one: set train.checkpoint_dir"
+        ) from None
+
+
 def failures_dir(checkpoint_dir: str) -> Path:
     """Where ranks record the exception that ended them (a folder every rank and the driver can reach)."""
     return Path(checkpoint_dir) / FAILURES
@@ -248,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             stats = io.read_json(f"{meta_uri}/stats.json")
         except FileNotFoundError as exc:
             raise SongrecError(f"meta file missing: {exc.filename} (run the preprocess job first)") from None
+        configured = str(checkpoint_folder(cfg.train.checkpoint_dir)) if cfg.train.checkpoint_dir else ""
     except SongrecError as exc:
         log.error("train failed: %s", exc)
         return 1
     final = local_path(to_uri(args.out))
-    configured = str(local_path(cfg.train.checkpoint_dir)) if cfg.train.checkpoint_dir else ""
     checkpoints = args.checkpoints or configured or str(final.parent / "_checkpoints" / "train")
     # Every rank must agree on the staging folder: derive it from torchrun's run id, not a random name.
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "solo")
