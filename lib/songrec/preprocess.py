@@ -1,7 +1,8 @@
 """The preprocess stage: raw CSV -> songs/, features/, rejects/, meta/ (see docs/design.md).
 
-read (header-checked files) -> parse (typed columns, a reject reason per bad row) -> rejects/ ->
-dedupe by song_id -> vocabularies + statistics -> songs/ and features/ -> meta/ -> commit. Every
+read (header-checked files) -> parse (typed columns, a reject reason per bad row) -> dedupe by song_id
+(rejected rows set aside, one cached pass) -> rejects/ -> vocabularies + statistics -> songs/ and
+features/ -> meta/ -> commit. Every
 table is written to a staging location first and committed only when all of them are complete,
 so a failed run leaves the previous outputs as they were. The commit itself is four atomic link
 swaps, one table after another (milliseconds on a local disk): a reader sees each table whole, but a
@@ -227,27 +228,23 @@ def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     cached: list[DataFrame] = []
     with session_conf(spark, CSV_PRUNING_CONF, "false"):
         try:
-            parsed = parse_and_cache(spark, files, cfg, cached)
-            totals = parsed.agg(F.count("*").alias("n"), F.count_if(F.col("reason").isNotNull()).alias("bad")).first()
-            read, rejected = int(totals["n"]), int(totals["bad"])
-            lap("read_parse")
+            n_files = cfg.preprocess.features_files
+            kept = parse_dedupe_and_cache(spark, files, cfg, n_files, cached)
+            totals = kept.agg(
+                F.sum(F.when(F.col("_clean"), F.col("_copies")).otherwise(1)).alias("read"),
+                F.count_if(F.col("_clean")).alias("clean"),
+                F.count_if(~F.col("_clean")).alias("rejected"),
+            ).first()
+            read, n_clean, rejected = (int(totals[c] or 0) for c in ("read", "clean", "rejected"))
+            counts = {"read": read, "clean": n_clean, "duplicates": read - rejected - n_clean, "rejected": rejected}
+            lap("read_parse_dedupe")
 
             staged["rejects"] = io.staging_uri(root, "rejects")
-            rejects = parsed.where(F.col("reason").isNotNull()).select(*[f.name for f in schema.REJECTS.fields])
+            rejects = kept.where(~F.col("_clean")).select(*[f.name for f in schema.REJECTS.fields])
             _write(rejects.repartition(1).sortWithinPartitions("source_file", "raw"), staged["rejects"])
             lap("rejects")
-
-            n_files = cfg.preprocess.features_files
-            # One hash partitioning by song_id serves the dedupe window and both table writes (no more shuffles).
-            clean = parsed.where(F.col("reason").isNull()).repartition(n_files, "song_id")
-            best = Window.partitionBy("song_id").orderBy(F.desc("_filled"), "_row_hash", "source_file")
-            songs = clean.withColumn("_pick", F.row_number().over(best)).where(F.col("_pick") == 1)
-            songs = songs.persist(StorageLevel.MEMORY_AND_DISK)
-            cached.append(songs)
-            n_clean = songs.count()
-            parsed.unpersist()
-            counts = {"read": read, "clean": n_clean, "duplicates": read - rejected - n_clean, "rejected": rejected}
-            lap("dedupe")
+            # A filter keeps the hash partitioning by song_id: both table writes need no shuffle.
+            songs = kept.where(F.col("_clean"))
             if n_clean == 0:
                 raise InputError(f"input {cfg.input_uri}: no usable rows ({rejected} of {read} rejected; see rejects)")
             if math.ceil(n_clean / cfg.preprocess.row_group_rows) + n_files < _need_row_groups(cfg):
@@ -316,10 +313,24 @@ def preprocess(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     return {**counts, "row_groups": row_groups, "files": len(files), "timings": timings}
 
 
-def parse_and_cache(spark: SparkSession, files: list[str], cfg: Config, cached: list[DataFrame]) -> DataFrame:
-    """Read and parse every row, add the lyrics vector, drop the text, and cache the result."""
+def parse_dedupe_and_cache(
+    spark: SparkSession, files: list[str], cfg: Config, partitions: int, cached: list[DataFrame]
+) -> DataFrame:
+    """Every row read, parsed once, deduplicated by song_id, and cached: one pass over the input.
+
+    The parsed rows (lyrics as a vector, the text dropped) go straight into one hash partitioning by
+    ``song_id`` (``partitions`` parts), which serves the dedupe window and both table writes. Of the
+    clean rows sharing a song_id, the most complete is kept (then the smallest ``_row_hash``, then the
+    source file), with ``_copies``, the number of rows it stands for; rejected rows (``_clean`` false)
+    are all kept, in groups of their own. Caching only this (not every parsed row before the shuffle as
+    well) saves a cache of all rows with their lyric vectors: ~18 s of the full-size stage (docs/design.md).
+    """
     parsed = parse.parse_rows(read_raw(spark, files, cfg))
     parsed = features.lyrics_vector(parsed, "text", cfg.preprocess.lyrics_dim, "lyrics").drop("text")
-    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
-    cached.append(parsed)
-    return parsed
+    rows = parsed.withColumn("_clean", F.col("reason").isNull()).repartition(partitions, "song_id")
+    group = Window.partitionBy("song_id", "_clean")
+    best = group.orderBy(F.desc("_filled"), "_row_hash", "source_file")
+    rows = rows.withColumn("_pick", F.row_number().over(best)).withColumn("_copies", F.count("*").over(group))
+    kept = rows.where(~F.col("_clean") | (F.col("_pick") == 1)).persist(StorageLevel.MEMORY_AND_DISK)
+    cached.append(kept)
+    return kept
