@@ -169,3 +169,24 @@ def test_a_run_folder_with_quotes_and_glob_characters(run_dir, songs, tmp_path, 
     (copy / "neighbors" / "_manifest.json").unlink()  # e.g. only the Parquet files were copied
     assert main(["recommend", "--id", str(song_id), "--run", str(copy)]) == 1
     assert "_manifest.json is missing or unreadable" in capsys.readouterr().err
+
+
+def test_one_lookup_reads_one_version_of_each_table(run_dir, tmp_path):
+    """A Run resolves each table's link once: a commit during a lookup does not mix two versions."""
+    import shutil
+
+    from songrec import io
+    from songrec.recommend import Run
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    run = Run(copy)
+    before = run.files("songs")
+    staging = tmp_path / "staging-songs"
+    shutil.copytree(copy / "songs", staging)
+    io.commit(str(staging), str(copy / "songs"))  # a new version of songs/ while the lookup runs
+
+    assert run.files("songs") == before and all(Path(f).exists() for f in before)
+    fresh = Run(copy).files("songs")
+    assert [Path(f).name for f in fresh] == [Path(f).name for f in before]
+    assert {Path(f).parent for f in fresh}.isdisjoint({Path(f).parent for f in before})

@@ -5,7 +5,7 @@ encoded with the saved encoder and searched exactly over ``embeddings/`` (numpy)
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,26 +58,32 @@ class UsageError(SongrecError):
 
 @dataclass
 class Run:
-    """Locations of one run's tables."""
+    """Locations of one run's tables, each resolved once: one lookup reads one version of every table,
+    even when a job commits a new one meanwhile (the old version stays for ``io.KEEP_SECONDS``)."""
 
     root: Path
+    _tables: dict[str, Path] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _files: dict[tuple[str, str], list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def table(self, name: str) -> Path:
-        """The table's committed version folder: the link is resolved once, so a lookup reads one version
-        even when a job commits a new one meanwhile (see songrec.io)."""
-        path = self.root / name
-        if not path.exists():
-            raise InputError(f"{path} does not exist: is {self.root} a finished songrec run?")
-        return path.resolve()
+        """The table's committed version folder (its link resolved on the first call, see songrec.io)."""
+        if name not in self._tables:
+            path = self.root / name
+            if not path.exists():
+                raise InputError(f"{path} does not exist: is {self.root} a finished songrec run?")
+            self._tables[name] = path.resolve()
+        return self._tables[name]
 
     def files(self, name: str, part: str = "") -> list[str]:
         """The Parquet files of a table (or of one of its partitions), for ``read_parquet(?)``: passed as a
         list parameter, a path with quotes or glob characters (``'``, ``[``, ``*``) is taken as it is."""
-        folder = self.table(name) / part if part else self.table(name)
-        found = sorted(str(p) for p in folder.rglob("*.parquet") if not p.name.startswith(("_", ".")))
-        if not found:
-            raise InputError(f"{folder} holds no Parquet files: is {self.root} a finished songrec run?")
-        return found
+        if (name, part) not in self._files:
+            folder = self.table(name) / part if part else self.table(name)
+            found = sorted(str(p) for p in folder.rglob("*.parquet") if not p.name.startswith(("_", ".")))
+            if not found:
+                raise InputError(f"{folder} holds no Parquet files: is {self.root} a finished songrec run?")
+            self._files[name, part] = found
+        return list(self._files[name, part])
 
 
 def _connect():
