@@ -79,6 +79,10 @@ def dirty_rows() -> list[tuple[str, list[str] | str]]:
         ("duplicate", bad(5, Album="", Tempo="")),
         ("duplicate", bad(6, Album="", Tempo="")),
         ("clean", bad(209, Album="", Tempo="")),
+        # A rejected copy of a clean song, and one bad row twice: rejects, never counted as duplicates.
+        ("bad_number", bad(2, Tempo="fast")),
+        ("bad_number", bad(210, Popularity="-1")),
+        ("bad_number", bad(210, Popularity="-1")),
     ]
 
 
