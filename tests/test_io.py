@@ -74,7 +74,7 @@ def test_discard_removes_staging(tmp_path):
     assert os.listdir(tmp_path / "_staging") == []
 
 
-def test_upload_copies_a_folder_locally_and_through_hadoop(spark, tmp_path):
+def test_upload_and_download_copy_through_hadoop(spark, tmp_path):
     """io.upload: a plain copy under a local root; Hadoop's copyFromLocalFile otherwise (the path the train and
     report stages take to an HDFS or S3 root), run here against Hadoop's own local filesystem."""
     src = tmp_path / "artefacts"
@@ -86,6 +86,9 @@ def test_upload_copies_a_folder_locally_and_through_hadoop(spark, tmp_path):
     for copy in ("local-copy", "hadoop-copy"):
         assert (tmp_path / copy / "index.html").read_text(encoding="utf-8") == "<p>é</p>"
         assert (tmp_path / copy / "sub" / "loss.png").read_bytes() == bytes(range(256))
+
+    io.download((tmp_path / "hadoop-copy" / "sub" / "loss.png").as_uri(), tmp_path / "fetched.png", spark)  # the twin
+    assert (tmp_path / "fetched.png").read_bytes() == bytes(range(256))
 
 
 def test_json_through_hadoop_replaces_the_file_whole(spark, tmp_path):

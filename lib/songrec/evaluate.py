@@ -106,8 +106,7 @@ def _truth_styles(spark: SparkSession, cfg: Config, ids: np.ndarray, notes: list
             path = io.local_path(uri)
         else:  # HDFS, S3, ...: fetched through Hadoop's FileSystem API (pyarrow knows few of those schemes)
             path = Path(tmp) / "truth.csv"
-            fs, src = io.hadoop_fs(spark, uri)
-            fs.copyToLocalFile(False, src, spark._jvm.org.apache.hadoop.fs.Path(path.as_uri()), True)
+            io.download(uri, path, spark)
         try:
             raw = pacsv.read_csv(
                 path, parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=as_text

@@ -130,6 +130,13 @@ def _upload_hadoop(spark: Any, folder: Path, uri: str) -> None:
     fs.copyFromLocalFile(False, True, spark._jvm.org.apache.hadoop.fs.Path(folder.resolve().as_uri()), dst)
 
 
+def download(uri: str, dest: str | Path, spark: Any) -> None:
+    """Copy one file at ``uri`` (HDFS, S3 or any filesystem Hadoop knows) to the local path ``dest``: :func:`upload`'s
+    twin, for inputs that pyarrow cannot open by scheme."""
+    fs, src = hadoop_fs(spark, uri)
+    fs.copyToLocalFile(False, src, spark._jvm.org.apache.hadoop.fs.Path(Path(dest).resolve().as_uri()), True)
+
+
 def discard(staging: str, spark: Any = None) -> None:
     """Remove a staging location after a failure (best effort)."""
     try:
