@@ -4,16 +4,20 @@
 
 Generates the stand-in CSV under --workdir (default data/bench/) once (reused when present with the same
 rows and seed), times ``songrec.preprocess.preprocess`` in-process on ``local[*]``, then the
-single-process pandas baseline (parse the same columns, drop duplicates), and prints rows/s, the ratio,
-and peak resident memory (this process + children, which includes the Spark JVM). ``--scales`` repeats
-the Spark timing at other sizes to show how time grows with size: a multiple (2, 4 ...) is a file of
-that many times the rows generated the same way (distinct songs, so every step of the job grows, as with
-a larger catalogue), also kept under --workdir; a fraction (0.25) is the first lines of the file.
+single-process pandas baseline (parse the same columns, drop duplicates), then that same work done by
+Spark in a fresh JVM (cold, like the job's; no validation, lyrics or tables: the like-for-like row), and
+prints rows/s, each run's time over pandas', and peak resident memory (this process + children, which
+includes the Spark JVMs). ``--scales`` repeats the Spark timing at other sizes to show how time grows
+with size: a multiple (2, 4 ...) is a file of that many times the rows generated the same way (distinct
+songs, so every step of the job grows, as with a larger catalogue), also kept under --workdir; a
+fraction (0.25) is the first lines of the file.
 """
 
 import argparse
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +27,10 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 from songrec.config import load_config  # noqa: E402
+
+# The numeric columns the seed way parses with pd.to_numeric (the "Good for" flags besides).
+SEED_NUMERIC = ("Tempo", "Popularity", "Energy", "Danceability", "Positiveness", "Speechiness", "Liveness",
+                "Acousticness", "Instrumentalness")  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -73,8 +81,7 @@ def pandas_baseline(path: Path) -> tuple[float, int, int]:
     out["loudness_db"] = pd.to_numeric(df["Loudness (db)"].str.replace("db", "", regex=False), errors="coerce")
     out["time_signature"] = pd.to_numeric(df["Time signature"].str.split("/").str[0], errors="coerce")
     out["explicit"] = df["Explicit"].str.lower().eq("yes")
-    for col in ["Tempo", "Popularity", "Energy", "Danceability", "Positiveness", "Speechiness", "Liveness",
-                "Acousticness", "Instrumentalness"]:  # fmt: skip
+    for col in SEED_NUMERIC:
         out[col.lower()] = pd.to_numeric(df[col], errors="coerce")
     for col in [c for c in df.columns if c.startswith("Good for")]:
         out[col] = pd.to_numeric(df[col], errors="coerce")
@@ -85,6 +92,72 @@ def pandas_baseline(path: Path) -> tuple[float, int, int]:
     out["emotion"] = df["emotion"].str.lower().replace({"angry": "anger"})
     clean = out.drop_duplicates(subset=["artist", "title"])
     return time.perf_counter() - start, read, len(clean)
+
+
+def spark_seed_parse(spark, path: Path) -> tuple[float, int, int]:
+    """The pandas baseline's work done by Spark: the same columns parsed by the same rules, duplicates
+    dropped by (artist, title), every column evaluated (a ``noop`` sink, as pandas holds its result in
+    memory). No validation, rejects, lyrics, vocabularies or tables: the like-for-like row of the bench."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    start = time.perf_counter()
+    df = spark.read.csv(str(path), header=True, quote='"', escape='"')
+    num = lambda c: c.try_cast("double")  # noqa: E731 (pd.to_numeric(errors="coerce"))
+    length = r"^(\d+):(\d\d)$"
+    date = F.regexp_replace(F.col("`Release Date`"), r"(\d)(st|nd|rd|th)\b", "$1")
+    key = r"^([A-G]#?)\s*(Maj|min)$"
+    pitch = F.create_map(*[F.lit(x) for i, p in enumerate("C C# D D# E F F# G G# A A# B".split()) for x in (p, i)])
+    emotion = F.lower("emotion")
+    released = F.try_to_timestamp(date, F.lit("d MMMM yyyy"))
+    out = df.select(
+        (num(F.regexp_extract("Length", length, 1)) * 60 + num(F.regexp_extract("Length", length, 2))).alias(
+            "length_s"
+        ),
+        released.alias("release_date"),
+        F.year(released).alias("release_year"),
+        F.try_element_at(pitch, F.regexp_extract("Key", key, 1)).alias("key_pitch"),
+        F.lower(F.regexp_extract("Key", key, 2)).alias("key_mode"),
+        num(F.replace(F.col("`Loudness (db)`"), F.lit("db"), F.lit(""))).alias("loudness_db"),
+        num(F.split(F.col("`Time signature`"), "/")[0]).alias("time_signature"),
+        (F.lower("Explicit") == "yes").alias("explicit"),
+        *[num(F.col(f"`{c}`")).alias(c.lower()) for c in SEED_NUMERIC],
+        *[num(F.col(f"`{c}`")).alias(c) for c in df.columns if c.startswith("Good for")],
+        F.split(F.col("`Artist(s)`"), ",").alias("artists"),
+        F.lower(F.trim(F.split(F.col("`Artist(s)`"), ",")[0])).alias("artist"),
+        F.lower(F.trim("song")).alias("title"),
+        F.split("Genre", ",").alias("genres"),
+        F.when(emotion == "angry", "anger").otherwise(emotion).alias("emotion"),
+    )
+    read, clean = Observation("read"), Observation("clean")
+    out = out.observe(read, F.count(F.lit(1)).alias("n")).dropDuplicates(["artist", "title"])
+    out.observe(clean, F.count(F.lit(1)).alias("n")).write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - start, read.get["n"], clean.get["n"]
+
+
+def seed_parse_in_fresh_jvm(path: Path) -> tuple[float, int, int]:
+    """:func:`spark_seed_parse` in a child process with its own Spark JVM, cold like the job's."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    proc = subprocess.run([sys.executable, __file__, "--seed-parse-only", str(path)], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"the Spark seed-way parse of {path} failed:\n{proc.stderr[-3000:]}")
+    seconds, read, clean = json.loads(proc.stdout.strip().splitlines()[-1])
+    return seconds, read, clean
+
+
+def session(app: str):
+    """The bench's local-mode Spark session (the job's ANSI mode, 16 shuffle partitions, no UI)."""
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[*]").appName(app)
+        .config("spark.driver.memory", "6g").config("spark.ui.enabled", "false")
+        .config("spark.sql.ansi.enabled", "true").config("spark.sql.shuffle.partitions", "16")
+        .getOrCreate()
+    )  # fmt: skip
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
 
 
 def spark_run(spark, path: Path, work: Path) -> tuple[float, dict]:
@@ -128,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scales", default="1", help="comma-separated multiples of --rows for the Spark timing (0.25 = first quarter)"
     )
     parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--seed-parse-only", type=Path, help=argparse.SUPPRESS)  # the child of seed_parse_in_fresh_jvm
     parser.add_argument(
         "--workdir", type=Path, default=ROOT / "data" / "bench",
         help="where the generated inputs and the job's outputs are kept (default: data/bench)",
@@ -140,15 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     if not scales or min(scales) <= 0:
         parser.error(f"--scales {args.scales!r}: expected one or more positive factors")
 
-    from pyspark.sql import SparkSession
+    if args.seed_parse_only:
+        spark = session("bench-preprocess-seed-way")
+        print(json.dumps(spark_seed_parse(spark, args.seed_parse_only)))
+        spark.stop()
+        return 0
 
-    spark = (
-        SparkSession.builder.master("local[*]").appName("bench-preprocess")
-        .config("spark.driver.memory", "6g").config("spark.ui.enabled", "false")
-        .config("spark.sql.ansi.enabled", "true").config("spark.sql.shuffle.partitions", "16")
-        .getOrCreate()
-    )  # fmt: skip
-    spark.sparkContext.setLogLevel("WARN")
+    spark = session("bench-preprocess")
     path = ensure_file(spark, args.workdir.resolve(), args.rows, args.seed)
     size_mb = path.stat().st_size / 1e6
     print(f"input: {path} ({size_mb:.0f} MB, {args.rows} rows), {os.cpu_count()} cores, Spark {spark.version}")
@@ -165,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     base_seconds = None
     if not args.skip_pandas:
         base_seconds, read, clean = pandas_baseline(path)
+        same_seconds, same_read, same_clean = seed_parse_in_fresh_jvm(path)
 
     spark_1x = next((s for f, s, _ in results if f == 1), None)  # the ratio the target is about
     print()
@@ -172,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     if base_seconds is not None:
         label = "pandas (seed way, 1 proc)"
         print(f"{label:<28}{read:>12,}{base_seconds:>10.1f}{read / base_seconds:>12,.0f}{1.0:>11.2f}")
+        label = "spark, the same work"
+        print(f"{label:<28}{same_read:>12,}{same_seconds:>10.1f}{same_read / same_seconds:>12,.0f}"
+              f"{same_seconds / base_seconds:>11.2f}")  # fmt: skip
     for factor, seconds, result in results:
         ratio = f"{seconds / base_seconds / factor:>11.2f}" if base_seconds else f"{'-':>11}"
         print(f"{'spark preprocess x' + format(factor, 'g'):<28}{result['read']:>12,}{seconds:>10.1f}"
@@ -180,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         first_f, first_s = results[0][0], results[0][1]
         growth = ", ".join(f"x{f / first_f:g} rows: {s / first_s:.2f}" for f, s, _ in results)
         print(f"time relative to the smallest run (linear = the row factor): {growth}")
+    if base_seconds is not None:
+        print(f"after drop_duplicates: pandas {clean:,} of {read:,} rows, Spark the same work {same_clean:,} of "
+              f"{same_read:,} (pandas skips rows with extra fields; Spark keeps them)")  # fmt: skip
     if spark_1x is not None:
         print("spark x1 / pandas time: " + (f"{spark_1x / base_seconds:.2f}" if base_seconds else "n/a")
               + f" for {args.rows:,} rows")  # fmt: skip
