@@ -27,6 +27,9 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 from songrec.config import load_config  # noqa: E402
+from songrec.generate_text import PITCHES  # noqa: E402
+
+PITCH_CLASS = {p: i for i, p in enumerate(PITCHES)}  # "C#" -> 1, as the seed way maps a key's pitch
 
 # The numeric columns the seed way parses with pd.to_numeric (the "Good for" flags besides).
 SEED_NUMERIC = ("Tempo", "Popularity", "Energy", "Danceability", "Positiveness", "Speechiness", "Liveness",
@@ -76,7 +79,7 @@ def pandas_baseline(path: Path) -> tuple[float, int, int]:
     out["release_date"] = pd.to_datetime(date, format="%d %B %Y", errors="coerce")
     out["release_year"] = out["release_date"].dt.year
     key = df["Key"].str.extract(r"^([A-G]#?)\s*(Maj|min)$")
-    out["key_pitch"] = key[0].map({p: i for i, p in enumerate("C C# D D# E F F# G G# A A# B".split())})
+    out["key_pitch"] = key[0].map(PITCH_CLASS)
     out["key_mode"] = key[1].str.lower()
     out["loudness_db"] = pd.to_numeric(df["Loudness (db)"].str.replace("db", "", regex=False), errors="coerce")
     out["time_signature"] = pd.to_numeric(df["Time signature"].str.split("/").str[0], errors="coerce")
@@ -107,7 +110,8 @@ def spark_seed_parse(spark, path: Path) -> tuple[float, int, int]:
     length = r"^(\d+):(\d\d)$"
     date = F.regexp_replace(F.col("`Release Date`"), r"(\d)(st|nd|rd|th)\b", "$1")
     key = r"^([A-G]#?)\s*(Maj|min)$"
-    pitch = F.create_map(*[F.lit(x) for i, p in enumerate("C C# D D# E F F# G G# A A# B".split()) for x in (p, i)])
+    pitch = F.create_map(*[F.lit(x) for item in PITCH_CLASS.items() for x in item])
+    artists = F.split(F.col("`Artist(s)`"), ",")
     emotion = F.lower("emotion")
     released = F.try_to_timestamp(date, F.lit("d MMMM yyyy"))
     out = df.select(
@@ -123,8 +127,8 @@ def spark_seed_parse(spark, path: Path) -> tuple[float, int, int]:
         (F.lower("Explicit") == "yes").alias("explicit"),
         *[num(F.col(f"`{c}`")).alias(c.lower()) for c in SEED_NUMERIC],
         *[num(F.col(f"`{c}`")).alias(c) for c in df.columns if c.startswith("Good for")],
-        F.split(F.col("`Artist(s)`"), ",").alias("artists"),
-        F.lower(F.trim(F.split(F.col("`Artist(s)`"), ",")[0])).alias("artist"),
+        artists.alias("artists"),
+        F.lower(F.trim(artists[0])).alias("artist"),
         F.lower(F.trim("song")).alias("title"),
         F.split("Genre", ",").alias("genres"),
         F.when(emotion == "angry", "anger").otherwise(emotion).alias("emotion"),
@@ -137,9 +141,7 @@ def spark_seed_parse(spark, path: Path) -> tuple[float, int, int]:
 
 def seed_parse_in_fresh_jvm(path: Path) -> tuple[float, int, int]:
     """:func:`spark_seed_parse` in a child process with its own Spark JVM, cold like the job's."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    proc = subprocess.run([sys.executable, __file__, "--seed-parse-only", str(path)], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run([sys.executable, __file__, "--seed-parse-only", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"the Spark seed-way parse of {path} failed:\n{proc.stderr[-3000:]}")
     seconds, read, clean = json.loads(proc.stdout.strip().splitlines()[-1])
